@@ -1,0 +1,1 @@
+"""Lightning callbacks: checkpoint plumbing, EMA, pruning schedules and evaluation probes."""

@@ -1,0 +1,1 @@
+"""LightningDataModules for benchmark, curated and synthetic data."""

@@ -1,0 +1,1 @@
+"""Datasets, samplers and transforms used by the datamodules (no Lightning imports)."""

@@ -1,0 +1,1 @@
+"""LightningModules (thin systems) and plain-PyTorch components for the DINO family."""

@@ -1,0 +1,1 @@
+"""Plain PyTorch building blocks: no Lightning imports below this package."""
