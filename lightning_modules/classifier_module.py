@@ -59,6 +59,7 @@ class ClassifierLitModule(L.LightningModule):
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return self._step(batch, "train", self.train_acc)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:

@@ -1,0 +1,1 @@
+"""Open-set detector building blocks (Grounding DINO core → DINO-X); no Lightning imports."""

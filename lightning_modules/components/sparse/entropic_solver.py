@@ -1,0 +1,189 @@
+"""Alternating solver of the entropic channel-selection regression (spec §2.3-2.6).
+
+Minimises, on the centred statistics of one layer (D = C_in·g columns, C_out outputs),
+
+    J(Λ, w) = scale·( ‖Y − X·D(w)·Λᵀ‖²_F / T + λ₂·‖Λ‖²_F ) + s·ε_E·Σ_c w_c·log w_c,   w ∈ Δ^{C_in}
+
+with scale = 1/v_y and λ₂ = ρ·v_x/C_in² (``normalise``) or scale = 1, λ₂ = ρ (raw). The Λ-step is
+a closed-form ridge (one Cholesky for all outputs); the w-step minimises the channel-level
+quadratic + entropy on the simplex and is accepted only if J decreases.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+
+from lightning_modules.components.sparse.keep_rules import select_channels
+from lightning_modules.components.sparse.layer_stats import LayerStats
+from lightning_modules.components.sparse.prune_config import PruneConfig
+from lightning_modules.components.sparse.refit import refit_weights
+from lightning_modules.components.sparse.ridge import ridge_solve
+from lightning_modules.components.sparse.simplex_steps import mirror_w_step, newton_w_step
+
+LOG_FLOOR = 1e-12
+
+
+@dataclass(frozen=True)
+class ObjectiveWeights:
+    """scale (1/v_y or 1), λ₂ and the signed entropy weight s·ε_E of one layer's J."""
+
+    scale: float
+    lam2: float
+    s_eps: float
+
+
+@dataclass
+class SolverResult:
+    """Outcome of ``solve_layer``.
+
+    Attributes:
+        w: (C_in,) selection probabilities.   lam: (C_out, D) Λ of the last Λ-step.
+        kept: (|K|,) kept channel indices, sorted.
+        weight: (C_out, |K|·g) refit consumer weights B'.   bias: (C_out,) intercept b'.
+        history: J after every Λ-step and w-step of the chosen restart.
+        iterations: outer iterations of the chosen restart.   objective: its final J.
+        heldout_objective: J on the held-out rows (None without held-out rows).   init: its name.
+    """
+
+    w: torch.Tensor
+    lam: torch.Tensor
+    kept: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+    history: list[float] = field(default_factory=list)
+    iterations: int = 0
+    objective: float = float("nan")
+    heldout_objective: float | None = None
+    init: str = "uniform"
+
+
+def objective_weights(stats: LayerStats, cfg: PruneConfig) -> ObjectiveWeights:
+    """The constants of J for one layer (normalised per spec §2.3, or raw)."""
+    s_eps = cfg.entropy_sign * cfg.eps_entropy
+    if not cfg.normalise:
+        return ObjectiveWeights(1.0, cfg.rho, s_eps)
+    v_y = stats.v_y if stats.v_y > 0 else 1.0
+    return ObjectiveWeights(1.0 / v_y, cfg.rho * stats.v_x / stats.n_channels**2, s_eps)
+
+
+def entropy_term(w: torch.Tensor) -> torch.Tensor:
+    """Σ_c w_c·log w_c with w clamped at 1e-12 inside the log."""
+    return (w * torch.log(w.clamp_min(LOG_FLOOR))).sum()
+
+
+def lambda_step(stats: LayerStats, w: torch.Tensor, lam2: float) -> torch.Tensor:
+    """Λ = argmin_Λ J(·, w): Λᵀ = (D·G·D + λ₂·I)⁻¹·D·C_xy, returned as (C_out, D)."""
+    d = w.repeat_interleave(stats.group_size)
+    lam_t = ridge_solve(d[:, None] * stats.G * d[None, :], d[:, None] * stats.C_xy, lam2)
+    return lam_t.T
+
+
+def objective(stats: LayerStats, lam: torch.Tensor, w: torch.Tensor, ow: ObjectiveWeights) -> float:
+    """J(Λ, w) from the statistics alone: MSE = v_y − 2·tr(B·C_xy) + tr(B·G·Bᵀ), B = Λ·D(w)."""
+    b = lam * w.repeat_interleave(stats.group_size)
+    mse = stats.v_y - 2.0 * (b * stats.C_xy.T).sum() + ((b @ stats.G) * b).sum()
+    penalty = ow.lam2 * (lam * lam).sum()
+    return float(ow.scale * (mse + penalty) + ow.s_eps * entropy_term(w))
+
+
+def channel_quadratic(stats: LayerStats, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A_ch (C_in, C_in) and a_ch (C_in,) with MSE(w) = wᵀA_ch·w − 2·a_chᵀw + v_y for fixed Λ.
+
+    A = G ∘ (ΛᵀΛ) and a_j = Σ_o C_xy[j, o]·Λ[o, j], summed over each channel's g columns.
+    """
+    n, g = stats.n_channels, stats.group_size
+    a_full = stats.G * (lam.T @ lam)
+    a_ch = a_full.reshape(n, g, n, g).sum(dim=(1, 3))
+    b_ch = (stats.C_xy * lam.T).sum(1).reshape(n, g).sum(1)
+    return 0.5 * (a_ch + a_ch.T), b_ch
+
+
+def _w_step(stats: LayerStats, lam: torch.Tensor, w: torch.Tensor, ow, cfg) -> torch.Tensor:
+    quad, lin = channel_quadratic(stats, lam)
+    step = newton_w_step if cfg.w_solver == "newton" else mirror_w_step
+    return step(
+        quad * ow.scale, lin * ow.scale, w, ow.s_eps, cfg.inner_max_iter, cfg.eta0, cfg.tol
+    )
+
+
+def alternate(
+    stats: LayerStats, w0: torch.Tensor, cfg: PruneConfig
+) -> tuple[torch.Tensor, torch.Tensor, list[float], int]:
+    """Alternating Λ- and w-steps from w0 until the relative decrease of J < tol or max_iter.
+
+    Returns:
+        (Λ (C_out, D), w (C_in,), history of J after every step, outer iterations).
+    """
+    ow = objective_weights(stats, cfg)
+    w, history, j_prev, it = w0.clone(), [], float("inf"), 0
+    for it in range(1, cfg.max_iter + 1):  # noqa: B007 - `it` is returned
+        lam = lambda_step(stats, w, ow.lam2)
+        j_lam = objective(stats, lam, w, ow)
+        history.append(j_lam)
+        w_new = _w_step(stats, lam, w, ow, cfg)
+        j_w = objective(stats, lam, w_new, ow)
+        if j_w < j_lam:  # accept only if J decreases
+            w = w_new
+        history.append(min(j_w, j_lam))
+        if j_prev - history[-1] < cfg.tol * abs(j_prev):
+            break
+        j_prev = history[-1]
+    lam = lambda_step(stats, w, ow.lam2)  # Λ consistent with the final w; J can only drop
+    history.append(min(objective(stats, lam, w, ow), history[-1]))
+    return lam, w, history, it
+
+
+def initial_ws(stats: LayerStats, cfg: PruneConfig) -> list[tuple[str, torch.Tensor]]:
+    """Restart points in order: cfg.init, the other deterministic init, then Dirichlet(1) draws."""
+    n = stats.n_channels
+    uniform = torch.full((n,), 1.0 / n, dtype=stats.G.dtype, device=stats.G.device)
+    score = correlation_scores(stats)
+    corr = score / score.sum() if float(score.sum()) > 0 else uniform
+    named = [("uniform", uniform), ("corr", corr)]
+    if cfg.init == "corr":
+        named.reverse()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    while len(named) < cfg.restarts:
+        e = -torch.log(torch.rand(n, generator=gen, dtype=stats.G.dtype).clamp_min(1e-300))
+        named.append((f"dirichlet{len(named) - 1}", (e / e.sum()).to(stats.G.device)))
+    return named[: cfg.restarts]
+
+
+def correlation_scores(stats: LayerStats) -> torch.Tensor:
+    """SPARTAn's init score per channel: max over its columns and outputs of |corr(x_j, y_o)|."""
+    sd_x = torch.diagonal(stats.G).clamp_min(0).sqrt()
+    sd_y = stats.y_var.sqrt()
+    denom = sd_x[:, None] * sd_y[None, :]
+    corr = torch.where(denom > 0, stats.C_xy.abs() / denom.clamp_min(1e-300), 0.0)
+    per_channel = corr.reshape(stats.n_channels, -1).amax(1)
+    return per_channel + 1e-3 * per_channel.max()  # no channel starts at exactly 0
+
+
+def solve_layer(
+    stats: LayerStats,
+    cfg: PruneConfig,
+    heldout: LayerStats | None = None,
+    n_keep: int | None = None,
+) -> SolverResult:
+    """Run all restarts, keep the one with the lowest J on held-out rows, select and refit.
+
+    Args:
+        stats: fit statistics of the layer.   heldout: held-out statistics (else fit J decides).
+        n_keep: explicit kept count (budget widths); default: the keep rule of ``cfg``.
+    """
+    if cfg.boxes != 1:
+        raise ValueError(f"boxes={cfg.boxes}: only one box (K = 1) is implemented")
+    ow = objective_weights(stats, cfg)
+    best: SolverResult | None = None
+    best_score = float("inf")
+    for name, w0 in initial_ws(stats, cfg):
+        lam, w, history, iters = alternate(stats, w0, cfg)
+        held = objective(heldout, lam, w, ow) if heldout is not None else None
+        score = held if held is not None else history[-1]
+        if best is None or score < best_score:
+            best_score = score
+            best = SolverResult(w, lam, w, w, w, history, iters, history[-1], held, name)
+    kept = select_channels(best.w, cfg, n_keep)
+    best.kept = kept
+    best.weight, best.bias = refit_weights(stats, kept, cfg.refit, best.lam, best.w, ow.lam2)
+    return best

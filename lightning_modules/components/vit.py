@@ -1,0 +1,245 @@
+"""DINOv2 backbone: timm's ``VisionTransformer`` plus an iBOT mask token (spec §2, decision D1).
+
+timm provides the architectures (LayerScale, registers, SwiGLU, dynamic image size); the wrapper
+adds the three things DINOv2 needs on top: a learned mask token substituted at masked patch
+positions *before* positional embeddings and prefix tokens, a stochastic-depth rate that is
+uniform across blocks, and outputs split into CLS / register / patch tokens.
+"""
+
+from collections.abc import Sequence
+from typing import Literal
+
+import timm
+import torch
+from timm.layers import DropPath, SwiGLUPacked
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+FFNType = Literal["mlp", "swiglu"]
+# embed_dim of timm's ``vit_{size}_patch14[_reg4]_dinov2`` names, for FFN overrides (ViT-L SwiGLU)
+_TIMM_EMBED_DIMS = {"small": 384, "base": 768, "large": 1024, "giant": 1536}
+
+
+def swiglu_hidden_dim(embed_dim: int) -> int:
+    """DINOv2's SwiGLU width ``h``: 8D/3 rounded up to a multiple of 8 (4096 for g, 2736 for L)."""
+    return ((int(embed_dim * 4 * 2 / 3) + 7) // 8) * 8
+
+
+def _ffn_kwargs(ffn: FFNType, embed_dim: int, mlp_ratio: float) -> dict:
+    """timm ``VisionTransformer`` kwargs for the FFN type.
+
+    timm builds the hidden width as ``int(D * mlp_ratio)``; for the packed SwiGLU the first linear
+    is D → 2h. Half a unit of margin keeps ``int`` from rounding 2h down through float error.
+    """
+    if ffn == "mlp":
+        return {"mlp_ratio": mlp_ratio}
+    if ffn == "swiglu":
+        packed = 2 * swiglu_hidden_dim(embed_dim)
+        return {
+            "mlp_ratio": (packed + 0.5) / embed_dim,
+            "mlp_layer": SwiGLUPacked,
+            "act_layer": nn.SiLU,
+        }
+    raise ValueError(f"ffn must be 'mlp' or 'swiglu', got {ffn!r}")
+
+
+class DINOv2Backbone(nn.Module):
+    """ViT backbone with an iBOT mask token; outputs final-norm CLS, register and patch tokens.
+
+    Built either from a timm DINOv2 architecture name (``arch='vit_small_patch14_dinov2'``,
+    ``'vit_large_patch14_reg4_dinov2'``, ...) or, with ``arch=None``, from explicit fields
+    (tiny CPU configs). Token order: ``[CLS, reg_1..reg_R, patch_1..patch_N]``; registers are
+    concatenated after the positional embedding is added, so they carry none.
+
+    Args:
+        arch: timm model name, or None to build from ``embed_dim``/``depth``/``num_heads``.
+        img_size: size the positional embedding is built for (the global crop size). Other
+            multiples of ``patch_size`` are handled by timm's bicubic resampling.
+        patch_size, embed_dim, depth, num_heads: architecture; only with ``arch=None``.
+        num_register_tokens: R; with ``arch`` it must match the name (0, or 4 for ``_reg4``).
+        ffn: ``mlp`` (×``mlp_ratio``, GELU) or ``swiglu`` (packed, width ``swiglu_hidden_dim``).
+            None keeps the arch default (SwiGLU for g, MLP otherwise; MLP without arch).
+        layerscale_init: LayerScale ``gamma`` init (1e-5); None disables LayerScale.
+        drop_path: stochastic-depth rate, the same for every block.
+        pretrained: load timm's DINOv2 weights (needs internet); never the default.
+    """
+
+    def __init__(
+        self,
+        arch: str | None = None,
+        *,
+        img_size: int = 224,
+        patch_size: int | None = None,
+        embed_dim: int | None = None,
+        depth: int | None = None,
+        num_heads: int | None = None,
+        num_register_tokens: int | None = None,
+        ffn: FFNType | None = None,
+        mlp_ratio: float = 4.0,
+        layerscale_init: float | None = 1e-5,
+        drop_path: float = 0.0,
+        pretrained: bool = False,
+    ) -> None:
+        super().__init__()
+        if arch is None:
+            if None in (patch_size, embed_dim, depth, num_heads):
+                raise ValueError("arch=None needs patch_size, embed_dim, depth and num_heads")
+            self.vit = VisionTransformer(
+                img_size=img_size,
+                patch_size=patch_size,
+                embed_dim=embed_dim,
+                depth=depth,
+                num_heads=num_heads,
+                num_classes=0,
+                init_values=layerscale_init,
+                reg_tokens=num_register_tokens or 0,
+                # Registers carry no positional embedding (spec §2.4), as in timm's _reg4 archs.
+                no_embed_class=bool(num_register_tokens),
+                dynamic_img_size=True,
+                **_ffn_kwargs(ffn or "mlp", embed_dim, mlp_ratio),
+            )
+        else:
+            if any(v is not None for v in (patch_size, embed_dim, depth, num_heads)):
+                raise ValueError(
+                    f"arch={arch!r} fixes patch_size/embed_dim/depth/num_heads; "
+                    "pass arch=None to set them explicitly"
+                )
+            self.vit = self._build_timm(arch, img_size, ffn, mlp_ratio, layerscale_init, pretrained)
+            if num_register_tokens is not None and num_register_tokens != self.vit.num_reg_tokens:
+                raise ValueError(
+                    f"arch={arch!r} has {self.vit.num_reg_tokens} register tokens, "
+                    f"num_register_tokens={num_register_tokens} requested; use a '_reg4' arch"
+                )
+        if img_size % self.patch_size:
+            raise ValueError(
+                f"img_size {img_size} is not a multiple of the patch size {self.patch_size}"
+            )
+        self.embed_dim: int = self.vit.embed_dim
+        self.num_register_tokens: int = self.vit.num_reg_tokens
+        self.num_blocks: int = len(self.vit.blocks)
+        # iBOT mask token, zeros at init (spec §2.2); (1, D)
+        self.mask_token = nn.Parameter(torch.zeros(1, self.embed_dim))
+        self.set_drop_path(drop_path)
+
+    @staticmethod
+    def _build_timm(
+        arch: str,
+        img_size: int,
+        ffn: FFNType | None,
+        mlp_ratio: float,
+        layerscale_init: float | None,
+        pretrained: bool,
+    ) -> VisionTransformer:
+        kwargs: dict = {}
+        if ffn is not None:
+            default = "swiglu" if "giant" in arch else "mlp"
+            if ffn != default:
+                if pretrained:
+                    raise ValueError(
+                        f"pretrained {arch!r} weights use ffn={default!r}, not {ffn!r}"
+                    )
+                size = next((k for k in _TIMM_EMBED_DIMS if k in arch), None)
+                if size is None:
+                    raise ValueError(f"cannot override the FFN of unknown arch {arch!r}")
+                kwargs.update(_ffn_kwargs(ffn, _TIMM_EMBED_DIMS[size], mlp_ratio))
+        if layerscale_init != 1e-5:
+            kwargs["init_values"] = layerscale_init
+        vit = timm.create_model(
+            arch,
+            pretrained=pretrained,
+            img_size=img_size,
+            num_classes=0,
+            dynamic_img_size=True,
+            **kwargs,
+        )
+        if not isinstance(vit, VisionTransformer):
+            raise TypeError(f"{arch!r} is not a timm VisionTransformer")
+        return vit
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.vit.patch_embed.patch_size[0])
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """1 (CLS) + R (registers)."""
+        return int(self.vit.num_prefix_tokens)
+
+    def set_drop_path(self, rate: float) -> None:
+        """Give every block the same stochastic-depth ``rate`` (timm defaults to a 0→rate ramp)."""
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop_path must be in [0, 1), got {rate}")
+        for block in self.vit.blocks:
+            block.drop_path1 = DropPath(rate) if rate > 0 else nn.Identity()
+            block.drop_path2 = DropPath(rate) if rate > 0 else nn.Identity()
+        self.drop_path_rate = rate
+
+    def _check_size(self, x: torch.Tensor) -> None:
+        h, w = x.shape[-2:]
+        p = self.patch_size
+        if h % p or w % p:
+            raise ValueError(
+                f"image size {h}x{w} is not a multiple of the patch size {p}; "
+                f"use crop sizes divisible by {p} (e.g. {max(p, h // p * p)})"
+            )
+
+    def prepare_tokens(self, x: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        """Images (B, 3, H, W), masks (B, N) bool → first-block input (B, 1+R+N, D).
+
+        Masked patch embeddings are replaced by the mask token before timm adds positional
+        embeddings and prefix tokens, so a masked token is ``mask_token + pos_embed[i]``.
+        """
+        self._check_size(x)
+        tokens = self.vit.patch_embed(x)  # (B, h, w, D): NHWC because dynamic_img_size=True
+        if masks is not None:
+            b, h, w, d = tokens.shape
+            if masks.shape != (b, h * w):
+                raise ValueError(f"masks must have shape {(b, h * w)}, got {tuple(masks.shape)}")
+            mask_token = self.mask_token.to(tokens.dtype).view(1, 1, 1, d)
+            tokens = torch.where(masks.view(b, h, w, 1), mask_token, tokens)
+        tokens = self.vit._pos_embed(tokens)
+        tokens = self.vit.patch_drop(tokens)
+        return self.vit.norm_pre(tokens)
+
+    def forward_features(
+        self, x: torch.Tensor, masks: torch.Tensor | None = None, return_prenorm: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Images (B, 3, H, W) [, masks (B, N) bool] → final-norm tokens.
+
+        Returns ``cls`` (B, D), ``reg`` (B, R, D), ``patch`` (B, N, D) and, when requested,
+        ``prenorm`` (B, 1+R+N, D).
+        """
+        tokens = self.prepare_tokens(x, masks)
+        for block in self.vit.blocks:
+            tokens = block(tokens)
+        normed = self.vit.norm(tokens)
+        r = self.num_register_tokens
+        out = {"cls": normed[:, 0], "reg": normed[:, 1 : 1 + r], "patch": normed[:, 1 + r :]}
+        if return_prenorm:
+            out["prenorm"] = tokens
+        return out
+
+    def get_intermediate_layers(
+        self, x: torch.Tensor, n: int | Sequence[int] = 1
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        """Per-block ``(patch (B, N, D), cls (B, D))`` through the final norm, registers stripped.
+
+        ``n`` is the number of last blocks, or explicit 0-based block indices (e.g. the depth
+        probe's ``[2, 5, 8, 11]``). Outputs follow block order.
+        """
+        wanted = range(self.num_blocks - n, self.num_blocks) if isinstance(n, int) else n
+        wanted = sorted(set(wanted))
+        if not wanted or wanted[0] < 0 or wanted[-1] >= self.num_blocks:
+            raise ValueError(f"block indices {list(wanted)} outside [0, {self.num_blocks})")
+        tokens = self.prepare_tokens(x)
+        outputs = []
+        for i, block in enumerate(self.vit.blocks[: wanted[-1] + 1]):
+            tokens = block(tokens)
+            if i in wanted:
+                normed = self.vit.norm(tokens)
+                outputs.append((normed[:, self.num_prefix_tokens :], normed[:, 0]))
+        return tuple(outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) → final-norm CLS (B, D)."""
+        return self.forward_features(x)["cls"]

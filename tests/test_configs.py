@@ -1,0 +1,51 @@
+"""Every experiment preset composes, and its data, model, callbacks, loggers and trainer instantiate."""
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+from hydra.utils import instantiate
+
+from helpers import CONFIG_DIR, compose_config
+from experiments.instantiate import instantiate_callbacks, instantiate_loggers
+
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+
+
+def test_experiments_exist() -> None:
+    for name in ["lenet5_digits", "lenet5_mnist", "lenet5caffe_mnist", "vgg16_cifar10",
+                 "resnet18_cifar10"]:  # fmt: skip
+        assert name in EXPERIMENTS
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_instantiates(experiment: str, tmp_path: Path) -> None:
+    cfg = compose_config("train", [f"experiment={experiment}"], tmp_path, logger="wandb_csv")
+    assert cfg.experiment_name == experiment
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    assert isinstance(datamodule, L.LightningDataModule)
+    assert isinstance(model, L.LightningModule)
+    callbacks = instantiate_callbacks(cfg, {})
+    loggers = instantiate_loggers(cfg, None)
+    assert {type(lg).__name__ for lg in loggers} == {"WandbLogger", "CSVLogger"}
+    assert len(callbacks) >= 3  # best + periodic checkpoints + run metadata
+    # gpu presets are composed but instantiated with a CPU trainer here
+    trainer_cfg = cfg.trainer.copy()
+    trainer_cfg.accelerator, trainer_cfg.precision = "cpu", "32-true"
+    trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=False)
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+
+
+def test_data_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATA_DIR", "/some/where")
+    cfg = compose_config("train", [], tmp_path)
+    assert cfg.data.data_dir == "/some/where"
+    monkeypatch.delenv("DATA_DIR")
+    cfg = compose_config("train", [], tmp_path)
+    assert cfg.paths.data_dir == f"{cfg.paths.root_dir}/data"
+
+
+def test_default_experiment_is_embedded(tmp_path: Path) -> None:
+    cfg = compose_config("train", [], tmp_path)
+    assert cfg.data.dataset == "digits"  # needs no download: `make train` works offline
