@@ -20,7 +20,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"Checkpoint {path} does not exist.")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+    except (
+        RuntimeError,
+        OSError,
+        EOFError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        ValueError,
+    ) as err:
         raise CheckpointError(
             f"Checkpoint {path} is corrupt or truncated and cannot be read ({type(err).__name__}). "
             f"If the run was interrupted, use the previous checkpoint in {path.parent}."
@@ -32,7 +39,9 @@ def check_state_dict_compatible(
 ) -> None:
     """Raise ``CheckpointError`` listing missing, unexpected and mis-shaped weights, if any."""
     if "state_dict" not in checkpoint:
-        raise CheckpointError(f"Checkpoint {path} holds no 'state_dict'; is it a Lightning checkpoint?")
+        raise CheckpointError(
+            f"Checkpoint {path} holds no 'state_dict'; is it a Lightning checkpoint?"
+        )
     saved = checkpoint["state_dict"]
     expected = model.state_dict()
     missing = [k for k in expected if k not in saved]

@@ -78,4 +78,7 @@ class ClassifierLitModule(L.LightningModule):
             warmup_steps=resolve_steps(self.hparams.warmup_steps, total),
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

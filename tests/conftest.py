@@ -3,9 +3,8 @@
 from pathlib import Path
 
 import pytest
-from omegaconf import DictConfig
-
 from helpers import compose_config
+from omegaconf import DictConfig
 
 
 @pytest.fixture

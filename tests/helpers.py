@@ -33,9 +33,7 @@ def compose_config(
     GlobalHydra.instance().clear()
     logger_override = [f"logger={logger}" if logger else "~logger"]
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose(
-            config_name, overrides=overrides + logger_override, return_hydra_config=True
-        )
+        cfg = compose(config_name, overrides=overrides + logger_override, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+from helpers import CONFIG_DIR, compose_config
 from hydra.utils import instantiate
 
-from helpers import CONFIG_DIR, compose_config
 from experiments.instantiate import instantiate_callbacks, instantiate_loggers
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))

@@ -13,7 +13,7 @@ def resolve_steps(length: float, total_steps: int) -> int:
     if length < 0:
         raise ValueError(f"schedule length must be >= 0, got {length}")
     if 0 < length < 1:
-        return int(round(length * total_steps))
+        return round(length * total_steps)
     return int(length)
 
 

@@ -5,10 +5,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from helpers import compose_config
 
 from callbacks.run_metadata import WANDB_ID_FILE, read_wandb_run_id
 from experiments.train import train
-from helpers import compose_config
 
 N = 12  # digits: 17 steps per epoch at batch 64, so N is mid-epoch and 2N crosses an epoch
 
@@ -74,7 +74,10 @@ def test_resume_is_bit_exact(tmp_path: Path, monkeypatch) -> None:
     assert full["lr_schedulers"] == resumed["lr_schedulers"]
     # the resumed run continues the same W&B run
     first_id = read_wandb_run_id(tmp_path / "first" / "checkpoints")
-    assert first_id and (tmp_path / "resumed" / "checkpoints" / WANDB_ID_FILE).read_text().strip() == first_id
+    assert (
+        first_id
+        and (tmp_path / "resumed" / "checkpoints" / WANDB_ID_FILE).read_text().strip() == first_id
+    )
 
 
 def _with_extra(callback: L.Callback):

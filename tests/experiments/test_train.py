@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import compose_config
 
 from callbacks.run_metadata import WANDB_ID_FILE
 from experiments.evaluate import evaluate
 from experiments.train import train
-from helpers import compose_config
 
 MODELS = {
     "lenet5": [],

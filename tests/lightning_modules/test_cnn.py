@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_modules.components.cnn import LeNet5, LeNet5Caffe, ResNet18, VGG16BN
+from lightning_modules.components.cnn import VGG16BN, LeNet5, LeNet5Caffe, ResNet18
 
 
 def n_params(model: nn.Module) -> int:

@@ -4,4 +4,4 @@ from lightning_modules.components.cnn.lenet import LeNet5, LeNet5Caffe
 from lightning_modules.components.cnn.resnet_cifar import ResNet18
 from lightning_modules.components.cnn.vgg import VGG16BN
 
-__all__ = ["LeNet5", "LeNet5Caffe", "ResNet18", "VGG16BN"]
+__all__ = ["VGG16BN", "LeNet5", "LeNet5Caffe", "ResNet18"]
