@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from callbacks.pruning_schedule import MASK_NAME
 from experiments.errors import CheckpointError
 
 MAX_LISTED = 5
@@ -45,7 +46,8 @@ def check_state_dict_compatible(
     saved = checkpoint["state_dict"]
     expected = model.state_dict()
     missing = [k for k in expected if k not in saved]
-    unexpected = [k for k in saved if k not in expected]
+    # Pruning masks are registered by PruningScheduleCallback.setup, after this check.
+    unexpected = [k for k in saved if k not in expected and not k.endswith(f".{MASK_NAME}")]
     shapes = [
         f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(v.shape)}"
         for k, v in expected.items()

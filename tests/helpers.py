@@ -3,6 +3,7 @@
 import os
 from pathlib import Path
 
+import lightning as L
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -39,3 +40,28 @@ def compose_config(
         cfg.paths.output_dir = str(output_dir)
         del cfg.hydra
     return cfg
+
+
+class Crash(RuntimeError):
+    """A simulated crash (a killed job)."""
+
+
+class CrashAfterStep(L.Callback):
+    """Crashes when step ``step + 1`` begins, i.e. after the checkpoint of step ``step`` was written."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            raise Crash(f"simulated crash at step {trainer.global_step}")
+
+
+def with_extra_callback(callback: L.Callback):
+    """A replacement for ``instantiate_callbacks`` that appends ``callback``."""
+    from experiments import instantiate as inst
+
+    def build(cfg, run_config):
+        return [*inst.instantiate_callbacks(cfg, run_config), callback]
+
+    return build

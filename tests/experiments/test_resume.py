@@ -2,30 +2,14 @@
 
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-from helpers import compose_config
+from helpers import Crash, CrashAfterStep, compose_config, with_extra_callback
 
 from callbacks.run_metadata import WANDB_ID_FILE, read_wandb_run_id
 from experiments.train import train
 
 N = 12  # digits: 17 steps per epoch at batch 64, so N is mid-epoch and 2N crosses an epoch
-
-
-class Crash(RuntimeError):
-    pass
-
-
-class CrashAfterStep(L.Callback):
-    """Crashes when step ``step + 1`` begins, i.e. after the checkpoint of step ``step`` was written."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
-        if trainer.global_step >= self.step:
-            raise Crash(f"simulated crash at step {trainer.global_step}")
 
 
 def _overrides(out: Path) -> list[str]:
@@ -50,7 +34,9 @@ def test_resume_is_bit_exact(tmp_path: Path, monkeypatch) -> None:
     train(full_cfg)
 
     first_cfg = compose_config("train", _overrides(tmp_path), tmp_path / "first", logger="wandb")
-    monkeypatch.setattr("experiments.train.instantiate_callbacks", _with_extra(CrashAfterStep(N)))
+    monkeypatch.setattr(
+        "experiments.train.instantiate_callbacks", with_extra_callback(CrashAfterStep(N))
+    )
     with pytest.raises(Crash):
         train(first_cfg)
     assert _final(tmp_path / "first")["global_step"] == N
@@ -78,12 +64,3 @@ def test_resume_is_bit_exact(tmp_path: Path, monkeypatch) -> None:
         first_id
         and (tmp_path / "resumed" / "checkpoints" / WANDB_ID_FILE).read_text().strip() == first_id
     )
-
-
-def _with_extra(callback: L.Callback):
-    from experiments import instantiate as inst
-
-    def build(cfg, run_config):
-        return [*inst.instantiate_callbacks(cfg, run_config), callback]
-
-    return build
