@@ -11,7 +11,7 @@ from typing import Literal
 
 import timm
 import torch
-from timm.layers import DropPath, SwiGLUPacked
+from timm.layers import DropPath, GluMlp, SwiGLUPacked
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -59,6 +59,7 @@ class DINOv2Backbone(nn.Module):
         num_register_tokens: R; with ``arch`` it must match the name (0, or 4 for ``_reg4``).
         ffn: ``mlp`` (×``mlp_ratio``, GELU) or ``swiglu`` (packed, width ``swiglu_hidden_dim``).
             None keeps the arch default (SwiGLU for g, MLP otherwise; MLP without arch).
+        mlp_ratio: MLP width ratio for ``ffn='mlp'`` without ``arch`` (4).
         layerscale_init: LayerScale ``gamma`` init (1e-5); None disables LayerScale.
         drop_path: stochastic-depth rate, the same for every block.
         pretrained: load timm's DINOv2 weights (needs internet); never the default.
@@ -120,6 +121,20 @@ class DINOv2Backbone(nn.Module):
         # iBOT mask token, zeros at init (spec §2.2); (1, D)
         self.mask_token = nn.Parameter(torch.zeros(1, self.embed_dim))
         self.set_drop_path(drop_path)
+        if not pretrained:
+            self._reset_swiglu_init()
+
+    def _reset_swiglu_init(self) -> None:
+        """Give packed SwiGLU layers the reference init: ``trunc_normal(0.02)``, zero bias.
+
+        timm's ``GluMlp.init_weights`` sets the value half of ``fc1`` to ~0 with bias 1, which
+        makes the block start as a plain gated MLP; DINOv2 inits ``w12`` like every Linear.
+        """
+        for block in self.vit.blocks:
+            if isinstance(block.mlp, GluMlp):
+                nn.init.trunc_normal_(block.mlp.fc1.weight, std=0.02)
+                if block.mlp.fc1.bias is not None:
+                    nn.init.zeros_(block.mlp.fc1.bias)
 
     @staticmethod
     def _build_timm(

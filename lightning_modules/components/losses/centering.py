@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_modules.components.losses.distributed import all_reduce_sum
+from lightning_modules.components.losses.fp32 import fp32_region
 
 
 class Centering(nn.Module):
@@ -32,8 +33,9 @@ class Centering(nn.Module):
 
     def forward(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
         """Teacher logits (n, K) → fp32 targets (n, K), rows summing to 1. Does not update."""
-        centred = teacher_logits.float() - self.center.float()
-        return F.softmax(centred / teacher_temp, dim=-1)
+        with fp32_region(teacher_logits):
+            centred = teacher_logits.float() - self.center.float()
+            return F.softmax(centred / teacher_temp, dim=-1)
 
     @torch.no_grad()
     def update(self, teacher_logits: torch.Tensor) -> None:

@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_modules.components.losses.fp32 import fp32_region
+
 
 class DINOLoss(nn.Module):
     """Cross-entropy between teacher CLS targets and student CLS logits, cross-view only.
@@ -47,6 +49,15 @@ class DINOLoss(nn.Module):
         Returns:
             ``{"local": scalar, "global": scalar}``; the DINO loss is their sum.
         """
+        with fp32_region(student_global):
+            return self._forward(student_global, student_local, teacher_probs)
+
+    def _forward(
+        self,
+        student_global: torch.Tensor,
+        student_local: torch.Tensor | None,
+        teacher_probs: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
         if teacher_probs.shape[0] % 2 or teacher_probs.shape != student_global.shape:
             raise ValueError(
                 f"expected (2B, K) student and teacher global logits, got "

@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_modules.components.losses.fp32 import fp32_region
+
 
 class iBOTPatchLoss(nn.Module):
     """``L = (1/n_crops) Σ_j w_j·CE(p_j, s_j)`` over the masked patch tokens j.
@@ -37,6 +39,7 @@ class iBOTPatchLoss(nn.Module):
                 f"shape mismatch: student {tuple(student_logits.shape)}, teacher "
                 f"{tuple(teacher_probs.shape)}, weights {tuple(weights.shape)}"
             )
-        log_s = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
-        ce = -(teacher_probs.float() * log_s).sum(dim=-1)  # (n_m,)
-        return (ce * weights.float()).sum() / n_crops
+        with fp32_region(student_logits):
+            log_s = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
+            ce = -(teacher_probs.float() * log_s).sum(dim=-1)  # (n_m,)
+            return (ce * weights.float()).sum() / n_crops

@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_modules.components.losses.fp32 import fp32_region
+
 
 class KoLeoLoss(nn.Module):
     """``−(1/n) Σ_i log(‖z_i − z_{nn(i)}‖ + eps)`` on L2-normalised features, per process.
@@ -28,12 +30,13 @@ class KoLeoLoss(nn.Module):
                 f"KoLeo needs at least 2 samples per process to find a nearest neighbour, got {n}; "
                 "increase the per-process batch size or disable KoLeo"
             )
-        z = F.normalize(features.float(), dim=-1, p=2, eps=self.eps)
-        with torch.no_grad():
-            sims = z @ z.T
-            # −inf (not −1) on the diagonal so a point is never its own neighbour, even when
-            # every other point is antipodal.
-            sims.fill_diagonal_(float("-inf"))
-            neighbour = sims.argmax(dim=1)
-        dist = F.pairwise_distance(z, z[neighbour], p=2, eps=self.eps)
-        return -torch.log(dist + self.eps).mean()
+        with fp32_region(features):
+            z = F.normalize(features.float(), dim=-1, p=2, eps=self.eps)
+            with torch.no_grad():
+                sims = z @ z.T
+                # −inf (not −1) on the diagonal so a point is never its own neighbour, even
+                # when every other point is antipodal.
+                sims.fill_diagonal_(float("-inf"))
+                neighbour = sims.argmax(dim=1)
+            dist = F.pairwise_distance(z, z[neighbour], p=2, eps=self.eps)
+            return -torch.log(dist + self.eps).mean()

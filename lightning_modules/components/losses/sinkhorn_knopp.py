@@ -1,9 +1,50 @@
 """Sinkhorn-Knopp teacher targets (spec §4.3; the paper's final recipe, from SwAV)."""
 
+import math
+
 import torch
 from torch import nn
 
 from lightning_modules.components.losses.distributed import all_reduce_max, all_reduce_sum
+from lightning_modules.components.losses.fp32 import fp32_region
+
+
+def _logsumexp_over_samples(log_q: torch.Tensor) -> torch.Tensor:
+    """(n_local, K) → (K,) log of each prototype's mass summed over all processes' samples.
+
+    The all-reduced max is subtracted before ``exp``; a process without rows contributes −inf
+    to the max and 0 to the sum.
+    """
+    n_local, k = log_q.shape
+    local_max = log_q.amax(dim=0) if n_local else log_q.new_full((k,), float("-inf"))
+    global_max = all_reduce_max(local_max)
+    mass = all_reduce_sum((log_q - global_max).exp().sum(dim=0))
+    return global_max + mass.log()
+
+
+def _sinkhorn_log(t: torch.Tensor, temp: float, n_iterations: int, n_total: int) -> torch.Tensor:
+    """Max-subtracted form: every normalisation done on logs, so no exp over- or underflows."""
+    k = t.shape[1]
+    log_q = t / temp  # (n_local, K); the reference's first Q /= sum(Q) is a constant shift that
+    # the first prototype normalisation cancels, so it is skipped here.
+    for _ in range(n_iterations):
+        log_q = log_q - _logsumexp_over_samples(log_q) - math.log(k)  # prototype mass 1/K
+        # sample mass 1/n_total; the final (Q·n_total) is then a softmax over prototypes
+        log_q = log_q - log_q.logsumexp(dim=1, keepdim=True) - math.log(n_total)
+    return (log_q + math.log(n_total)).exp()
+
+
+def _sinkhorn_plain(t: torch.Tensor, temp: float, n_iterations: int, n_total: int) -> torch.Tensor:
+    """The spec's pseudocode verbatim (overflows for t/τ > ~88); kept as the reference form."""
+    k = t.shape[1]
+    q = torch.exp(t / temp).T  # (K, n_local)
+    q /= all_reduce_sum(q.sum())
+    for _ in range(n_iterations):
+        q /= all_reduce_sum(q.sum(dim=1, keepdim=True))
+        q /= k
+        q /= q.sum(dim=0, keepdim=True)
+        q /= n_total
+    return (q * n_total).T
 
 
 @torch.no_grad()
@@ -16,31 +57,24 @@ def sinkhorn_knopp(
     """Teacher logits (n_local, K) of this process → fp32 targets (n_local, K), rows sum to 1.
 
     Alternately gives each prototype total mass 1/K (sums over samples all-reduced) and each
-    sample mass 1/n_total (local sums), with ``n_total`` the all-reduced row count. DINO (equal
-    rows per process) and iBOT (unequal masked-token counts) therefore share this function.
+    sample mass 1/n_total (local sums), with ``n_total`` the all-reduced row count, so DINO
+    (equal rows per process) and iBOT (unequal masked-token counts) share this function.
+    Without a process group every all-reduce is the identity, so it runs in a single process
+    (the reference's iBOT SK crashes there, PR #590).
 
-    ``subtract_max`` subtracts each prototype's max over all processes before ``exp``: it is a
-    per-prototype rescaling that the first prototype normalisation cancels exactly, and it keeps
-    ``exp(t/τ)`` finite for any logits (the reference's NaN, issue #360). Without a process group
-    every all-reduce is the identity, so this runs in a single process (PR #590).
+    ``subtract_max=True`` (default) works on logs and subtracts the all-reduced max before
+    every ``exp``. Subtracting a per-prototype constant is cancelled exactly by the prototype
+    normalisation, so the result equals the plain form wherever that is finite, and stays
+    finite for any logits (the reference's multi-process NaN, issue #360).
     """
     t = teacher_logits.float()
     n_local, k = t.shape
     n_total = int(all_reduce_sum(t.new_tensor([float(n_local)])).item())
     if n_total == 0:
         return t.new_zeros((0, k))
-    if subtract_max:
-        # A process without rows contributes −inf, the identity of MAX.
-        local_max = t.amax(dim=0) if n_local else t.new_full((k,), float("-inf"))
-        t = t - all_reduce_max(local_max)
-    q = torch.exp(t / teacher_temp).T  # (K, n_local)
-    q /= all_reduce_sum(q.sum())
-    for _ in range(n_iterations):
-        q /= all_reduce_sum(q.sum(dim=1, keepdim=True))  # each prototype: mass 1 ...
-        q /= k  # ... then 1/K
-        q /= q.sum(dim=0, keepdim=True)  # each sample: mass 1 (columns are local) ...
-        q /= n_total  # ... then 1/n_total
-    return (q * n_total).T
+    solver = _sinkhorn_log if subtract_max else _sinkhorn_plain
+    with fp32_region(t):
+        return solver(t, teacher_temp, n_iterations, n_total)
 
 
 class SinkhornKnopp(nn.Module):

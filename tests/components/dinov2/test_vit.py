@@ -126,7 +126,12 @@ def test_swiglu_widths() -> None:
     assert large.vit.blocks[0].mlp.fc1.out_features == 2 * 2736
     assert large.vit.blocks[0].mlp.fc2.in_features == 2736
     small = tiny(embed_dim=48, ffn="swiglu")
-    assert small.vit.blocks[0].mlp.fc1.out_features == 2 * swiglu_hidden_dim(48)
+    fc1 = small.vit.blocks[0].mlp.fc1
+    assert fc1.out_features == 2 * swiglu_hidden_dim(48)
+    # reference init for both halves of the packed layer (timm's GluMlp init is overridden)
+    for half in fc1.weight.detach().chunk(2):
+        assert abs(half.std().item() - 0.02) < 0.003
+    assert torch.count_nonzero(fc1.bias) == 0
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.3])
