@@ -114,7 +114,7 @@ def chunk_categories(
     return chunks
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors inside: compare fields explicitly
 class SampledCaption:
     """One training caption and how the image's boxes map into it.
 

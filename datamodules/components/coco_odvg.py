@@ -23,9 +23,16 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image
-from torchvision.ops import box_convert
+from torchvision.ops import box_convert, masks_to_boxes
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
+
+
+def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
+    """masks (G, H, W) bool, non-empty → (G, 4) xyxy boxes in the pixel-extent convention of
+    COCO/pycocotools: a mask covering columns x1..x2 spans [x1, x2 + 1). This convention, unlike
+    ``masks_to_boxes``' pixel indices, scales exactly under resizing."""
+    return masks_to_boxes(masks).float() + torch.tensor([0.0, 0.0, 1.0, 1.0])
 
 
 class AnnotationError(ValueError):
@@ -129,10 +136,14 @@ def _odvg_record(obj: Any, source: str, label_map: dict[int, str] | None) -> Det
     )
     if "detection" in obj:
         for item in _require(obj["detection"], "instances", list, source):
-            label = _require(item, "label", int, source) if label_map else item.get("label", -1)
-            if label_map is not None and label not in label_map:
-                raise AnnotationError(f"{source}: label {label} is not in the label map")
-            name = label_map[label] if label_map else _require(item, "category", str, source)
+            if label_map is None:  # names from the instances themselves
+                label = item.get("label", -1)
+                name = _require(item, "category", str, source)
+            else:
+                label = _require(item, "label", int, source)
+                if label not in label_map:
+                    raise AnnotationError(f"{source}: label {label} is not in the label map")
+                name = label_map[label]
             inst.add(_require(item, "bbox", list, source), label, name.strip().lower(), item)
     elif "grounding" in obj:
         # Phrases become the caption's categories, de-duplicated (Open-GD's odvg.py).
@@ -252,9 +263,9 @@ def _labels_of(sample: dict[str, Any]) -> tuple[torch.Tensor, ...]:
 class DetectionAugment:
     """Box-, mask- and keypoint-aware augmentation (GD/Open-GD recipe at tiny sizes, spec §8).
 
-    Flip with ``flip_prob``; then with ``crop_prob`` resize (short side from ``crop_scales``) and
-    take a random crop with sides in ``crop_size``; finally resize the short side to one of
-    ``scales`` with the long side ≤ ``max_size``; ``SanitizeBoundingBoxes`` drops degenerate
+    Flip with ``flip_prob``; then with ``crop_prob`` a random crop with sides in ``crop_size``
+    measured after resizing the short side to one of ``crop_scales``; finally resize the short
+    side to one of ``scales`` with the long side ≤ ``max_size``; ``SanitizeBoundingBoxes`` drops degenerate
     boxes with their labels, keypoints and masks. Every random choice is drawn from the
     generator passed per call, so a sample is a pure function of its seed (exact resume).
     """
@@ -287,13 +298,28 @@ class DetectionAugment:
         return sample
 
     def _crop(self, sample: dict[str, Any], g: torch.Generator) -> dict[str, Any]:
+        """GD's resize → random-size crop, drawn in the resized frame but cut from the current
+        image, so the final resize is the only interpolation (nearest-neighbour mask errors
+        would otherwise compound to > 1 px)."""
         h, w = sample["image"].shape[-2:]
+        r = _pick(self.crop_scales, g) / min(h, w)  # the virtual pre-crop resize
+        vh, vw = round(h * r), round(w * r)
         lo, hi = self.crop_size
-        ch = int(torch.randint(min(lo, h), min(hi, h) + 1, (), generator=g))
-        cw = int(torch.randint(min(lo, w), min(hi, w) + 1, (), generator=g))
-        top = int(torch.randint(h - ch + 1, (), generator=g))
-        left = int(torch.randint(w - cw + 1, (), generator=g))
-        return _map(sample, TF.crop, top=top, left=left, height=ch, width=cw)
+        ch = int(torch.randint(min(lo, vh), min(hi, vh) + 1, (), generator=g))
+        cw = int(torch.randint(min(lo, vw), min(hi, vw) + 1, (), generator=g))
+        top = min(round(int(torch.randint(vh - ch + 1, (), generator=g)) / r), h - 1)
+        left = min(round(int(torch.randint(vw - cw + 1, (), generator=g)) / r), w - 1)
+        height, width = min(max(round(ch / r), 1), h - top), min(max(round(cw / r), 1), w - left)
+        sample = _map(sample, TF.crop, top=top, left=left, height=height, width=width)
+        if "masks" in sample:
+            # A clamped box can cover none of a cut, non-convex mask: use the mask's tight box
+            # (an empty mask gives a zero-area box that SanitizeBoundingBoxes removes).
+            masks = sample["masks"].as_subclass(torch.Tensor)
+            tight = torch.zeros(len(masks), 4)
+            nonempty = masks.flatten(1).any(1)
+            tight[nonempty] = boxes_from_masks(masks[nonempty])
+            sample["boxes"] = tv_tensors.wrap(tight, like=sample["boxes"])
+        return sample
 
     def __call__(self, sample: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
         """sample: image (tv Image), boxes (tv BoundingBoxes XYXY), cat_index, category_id,
@@ -302,7 +328,6 @@ class DetectionAugment:
         if torch.rand((), generator=generator) < self.flip_prob:
             sample = self._flip(sample)
         if torch.rand((), generator=generator) < self.crop_prob:
-            sample = _map(sample, TF.resize, size=[_pick(self.crop_scales, generator)])
             sample = self._crop(sample, generator)
         short = _pick(self.scales, generator)
         sample = _map(sample, TF.resize, size=[short], max_size=self.max_size)

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 import torchvision
 from pycocotools import mask as mask_utils
 from torchvision.io import write_png
-from torchvision.ops import masks_to_boxes
+
+from datamodules.components.coco_odvg import boxes_from_masks
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -69,8 +70,8 @@ class Scene:
 
 
 @functools.lru_cache(maxsize=4)
-def load_items(data_root: str | None, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Item bank: images (N, h, w) uint8 and object index (N,) into DIGITS + GARMENTS.
+def load_items(data_root: str | None, train: bool) -> tuple[torch.Tensor, ...]:
+    """Item bank: per object (DIGITS + GARMENTS order) its images (N_o, h, w) uint8.
 
     Uses torchvision's MNIST and FashionMNIST raw files under ``data_root``; without them,
     scikit-learn's 8×8 ``load_digits`` (digits only) keeps minimal CI running.
@@ -83,28 +84,26 @@ def load_items(data_root: str | None, train: bool) -> tuple[torch.Tensor, torch.
             fashion = torchvision.datasets.FashionMNIST(str(root), train=train, download=False)
             images.append(fashion.data)
             objects.append(fashion.targets + len(DIGITS))
-        return torch.cat(images), torch.cat(objects)
-    from sklearn.datasets import load_digits
+        all_images, all_objects = torch.cat(images), torch.cat(objects)
+    else:
+        from sklearn.datasets import load_digits
 
-    digits = load_digits()
-    images = torch.from_numpy(digits.images * (255.0 / 16.0)).round().to(torch.uint8)
-    half = len(images) // 2  # disjoint halves stand in for train / test
-    part = slice(0, half) if train else slice(half, None)
-    return images[part], torch.from_numpy(digits.target)[part].long()
-
-
-def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
-    """masks (G, H, W) bool → (G, 4) xyxy pixel-extent boxes (masks_to_boxes + (0, 0, 1, 1))."""
-    return masks_to_boxes(masks).float() + torch.tensor([0.0, 0.0, 1.0, 1.0])
+        digits = load_digits()
+        pixels = torch.from_numpy(digits.images * (255.0 / 16.0)).round().to(torch.uint8)
+        half = len(pixels) // 2  # disjoint halves stand in for train / test
+        part = slice(0, half) if train else slice(half, None)
+        all_images, all_objects = pixels[part], torch.from_numpy(digits.target)[part].long()
+    n_objects = int(all_objects.max()) + 1
+    return tuple(all_images[all_objects == o] for o in range(n_objects))
 
 
 def _texture(size: int, g: torch.Generator) -> torch.Tensor:
     """Random noise, stripes or gradient between two random colours → (3, size, size) float."""
     c1, c2 = torch.rand(2, 3, 1, 1, generator=g) * 255
     kind = int(torch.randint(3, (), generator=g))
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    line = torch.linspace(0, 1, size)
     angle = float(torch.rand((), generator=g)) * torch.pi
-    ramp = xx * np.cos(angle) + yy * np.sin(angle)
+    ramp = line[None, :] * np.cos(angle) + line[:, None] * np.sin(angle)  # (size, size)
     if kind == 0:  # smooth noise: upsampled low-resolution uniform noise
         cells = int(torch.randint(4, 17, (), generator=g))
         low = torch.rand(1, 1, cells, cells, generator=g)
@@ -127,7 +126,7 @@ class SyntheticScenes:
         self.data_root = str(data_root) if data_root else None
         self.seed = seed
         self.config = config or SceneConfig()
-        n_objects = int(load_items(self.data_root, True)[1].max()) + 1
+        n_objects = len(load_items(self.data_root, True))
         self.objects = (DIGITS + GARMENTS)[:n_objects]
         self.colours = list(COLOURS)
         n_c = len(self.colours)
@@ -160,47 +159,48 @@ class SyntheticScenes:
         """The scene at (seed, split, index); identical on every call."""
         cfg, g = self.config, self._generator(split, index)
         labels = self.split_labels(split)
-        items, objects = load_items(self.data_root, split == "train")
+        bank = load_items(self.data_root, split == "train")  # val items are unseen images
         size, n_c = cfg.canvas_size, len(self.colours)
         canvas = _texture(size, g)
         n_items = int(torch.randint(cfg.min_items, cfg.max_items + 1, (), generator=g))
-        chosen, alphas = [], []
-        for _ in range(n_items):
-            label = labels[int(torch.randint(len(labels), (), generator=g))]
-            pool = (objects == label // n_c).nonzero().flatten()
-            item = items[pool[int(torch.randint(len(pool), (), generator=g))]].float()[None, None]
+        chosen = torch.tensor(
+            [labels[i] for i in torch.randint(len(labels), (n_items,), generator=g)]
+        )
+        alphas = torch.zeros(n_items, size, size)
+        for k, label in enumerate(chosen.tolist()):
+            pool = bank[label // n_c]
+            item = pool[int(torch.randint(len(pool), (), generator=g))].float()[None, None]
             s = int(torch.randint(cfg.min_scale, cfg.max_scale + 1, (), generator=g))
             y, x = torch.randint(0, size - s + 1, (2,), generator=g).tolist()
             patch = F.interpolate(item, size=(s, s), mode="bilinear", antialias=True)[0, 0]
-            alpha = torch.zeros(size, size)
-            alpha[y : y + s, x : x + s] = (patch / 255.0).clamp(0, 1)
+            alpha = (patch / 255.0).clamp(0, 1)  # the grey value is the alpha
+            alphas[k, y : y + s, x : x + s] = alpha
             base = torch.tensor(COLOURS[self.colours[label % n_c]], dtype=torch.float32)
             jitter = (torch.rand(3, generator=g) * 2 - 1) * cfg.colour_jitter
             tint = (base + jitter).clamp(0, 255)[:, None, None]
-            canvas = canvas * (1 - alpha) + tint * alpha  # "over" compositing, alpha = grey
-            chosen.append(label)
-            alphas.append(alpha)
-        return self._annotate(canvas, torch.tensor(chosen), torch.stack(alphas))
+            region = canvas[:, y : y + s, x : x + s]
+            region.mul_(1 - alpha).add_(tint * alpha)  # "over" compositing, in place
+        return self._annotate(canvas, chosen, alphas)
 
     def _annotate(self, canvas: torch.Tensor, labels: torch.Tensor, alphas: torch.Tensor) -> Scene:
         full = alphas > 0.5  # (N, H, W)
-        # Visible part = own mask minus every item pasted later (on top).
-        later = full.flip(0).cumsum(0).flip(0) - full.long()
-        visible = full & (later == 0)
-        keep = (full.sum((1, 2)) > 0) & (
-            visible.sum((1, 2)) >= self.config.min_visible * full.sum((1, 2))
-        )
+        visible = torch.zeros_like(full)
+        occluded = torch.zeros_like(full[0])
+        for k in range(len(full) - 1, -1, -1):  # visible = own mask minus later (upper) items
+            visible[k] = full[k] & ~occluded
+            occluded |= full[k]
+        area = full.flatten(1).sum(1)
+        keep = (area > 0) & (visible.flatten(1).sum(1) >= self.config.min_visible * area)
         visible, alphas, labels = visible[keep], alphas[keep], labels[keep]
         boxes = boxes_from_masks(visible) if len(visible) else torch.zeros(0, 4)
         x1, y1, x2, y2 = boxes.unbind(-1)
         corners = torch.stack([x1, y1, x2, y1, x2, y2, x1, y2], -1).view(-1, 4, 2)
         weights = alphas * visible  # alpha-weighted centroid of the visible item, pixel centres
-        h, w = visible.shape[-2:]
-        ys = torch.arange(h, dtype=torch.float32)[:, None] + 0.5
-        xs = torch.arange(w, dtype=torch.float32)[None, :] + 0.5
-        total = weights.sum((1, 2)).clamp(min=1e-6)
-        centroid = torch.stack([(weights * xs).sum((1, 2)), (weights * ys).sum((1, 2))], -1)
-        points = torch.cat([corners, (centroid / total[:, None])[:, None]], dim=1)
+        total = weights.flatten(1).sum(1).clamp(min=1e-6)
+        centres = torch.arange(canvas.shape[-1], dtype=torch.float32) + 0.5
+        cx = (weights.sum(1) * centres).sum(1) / total
+        cy = (weights.sum(2) * centres[: canvas.shape[-2]]).sum(1) / total
+        points = torch.cat([corners, torch.stack([cx, cy], -1)[:, None]], dim=1)
         keypoints = torch.cat([points, torch.full((len(points), NUM_KEYPOINTS, 1), 2.0)], -1)
         image = canvas.round().clamp(0, 255).to(torch.uint8)
         return Scene(image, boxes, labels, visible, keypoints)

@@ -34,6 +34,8 @@ def ms_deform_attn_core(
     b, _, n_heads, head_dim = value.shape
     _, n_q, _, n_levels, n_points, _ = sampling_locations.shape
     sizes = _level_sizes(spatial_shapes)
+    if sum(h * w for h, w in sizes) != value.shape[1]:
+        raise ValueError(f"value has {value.shape[1]} tokens but spatial_shapes {sizes} need Σh·w")
     values = value.split([h * w for h, w in sizes], dim=1)
     grids = 2 * sampling_locations - 1  # [0, 1] → grid_sample's [−1, 1]
     samples = []

@@ -58,10 +58,13 @@ class HungarianMatcher(nn.Module):
         """
         token_cost = focal_token_cost(logits, self.alpha, self.gamma)  # (Q, T)
         weights = gt_tokens / gt_tokens.sum(-1, keepdim=True).clamp(min=1)  # mean over tokens
-        # (Q, T) × (T, G) would give 0·inf = NaN where a non-positive token's cost is not
-        # finite; zero those tokens first, since their weight is 0 anyway.
-        used = gt_tokens.sum(0) > 0
-        class_cost = token_cost.masked_fill(~used, 0.0) @ weights.T
+        # A non-finite token cost must reach only the GTs owning that token, but in the matmul
+        # 0·NaN = NaN would spread it to every GT: multiply finite values, then mark the pairs
+        # that touch a non-finite token.
+        finite = torch.isfinite(token_cost)
+        class_cost = token_cost.masked_fill(~finite, 0.0) @ weights.T
+        touched = (~finite).float() @ (gt_tokens > 0).float().T > 0
+        class_cost = class_cost.masked_fill(touched, float("nan"))
         l1_cost = torch.cdist(boxes, gt_boxes, p=1)
         giou_cost = -generalized_box_iou(
             box_convert(boxes, "cxcywh", "xyxy"), box_convert(gt_boxes, "cxcywh", "xyxy")

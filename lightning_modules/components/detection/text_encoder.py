@@ -189,20 +189,25 @@ class TextEncoder(nn.Module):
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
                 return self._run_model(input_ids, submask, position_ids)
         keys = [tuple(ids[m].tolist()) for ids, m in zip(input_ids, real, strict=True)]
-        missing = [i for i, k in enumerate(keys) if k not in self._cache]
+        found: dict[tuple[int, ...], torch.Tensor] = {}
+        for k in keys:
+            if k in self._cache:
+                self._cache.move_to_end(k)
+                found[k] = self._cache[k]
+        missing = [i for i, k in enumerate(keys) if k not in found]
         if missing:
             with torch.no_grad():
                 fresh = self._run_model(input_ids[missing], submask[missing], position_ids[missing])
             for j, i in enumerate(missing):
-                self._store(keys[i], fresh[j, real[i]])
-        out = torch.zeros(*input_ids.shape, self.hidden_size, device=input_ids.device)
+                found[keys[i]] = fresh[j, real[i]].detach()
+                self._store(keys[i], found[keys[i]])
+        out = found[keys[0]].new_zeros(*input_ids.shape, self.hidden_size)
         for i, k in enumerate(keys):
-            self._cache.move_to_end(k)
-            out[i, real[i]] = self._cache[k].to(out.dtype)
+            out[i, real[i]] = found[k]
         return out
 
     def _store(self, key: tuple[int, ...], feats: torch.Tensor) -> None:
-        self._cache[key] = feats.detach()
+        self._cache[key] = feats
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
