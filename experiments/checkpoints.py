@@ -5,9 +5,12 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
+from hydra.utils import instantiate
 from torch import nn
 
+from callbacks.atomic_checkpoint_io import AtomicCheckpointIO
 from callbacks.pruning_schedule import MASK_NAME
 from experiments.errors import CheckpointError
 
@@ -64,3 +67,34 @@ def check_state_dict_compatible(
     if saved_model:
         lines.append(f"  the checkpoint was trained with net={saved_model}")
     raise CheckpointError("\n".join(lines))
+
+
+def module_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the LightningModule of a checkpoint written by this project, weights loaded.
+
+    Returns (module, run_config). The architecture comes from ``checkpoint["run_config"]``.
+    """
+    checkpoint = load_checkpoint(path)
+    run_config = checkpoint.get("run_config")
+    if not run_config or "model" not in run_config:
+        raise CheckpointError(
+            f"Checkpoint {path} has no stored run config; it was not written by this project's "
+            "experiments/ entry points."
+        )
+    module = instantiate(run_config["model"])
+    check_state_dict_compatible(checkpoint, module, path)
+    module.load_state_dict(checkpoint["state_dict"])
+    return module, run_config
+
+
+def save_module_checkpoint(
+    module: L.LightningModule, path: str | Path, run_config: dict[str, Any]
+) -> None:
+    """Write a weights-only Lightning checkpoint atomically (loadable by ``load_from_checkpoint``)."""
+    checkpoint = {
+        "state_dict": module.state_dict(),
+        "hyper_parameters": dict(module.hparams),
+        "pytorch-lightning_version": L.__version__,
+        "run_config": run_config,
+    }
+    AtomicCheckpointIO().save_checkpoint(checkpoint, path)

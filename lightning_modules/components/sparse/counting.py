@@ -68,8 +68,11 @@ def count_params(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = No
     """Number of unmasked parameters (all ``nn.Parameter`` of the model; running stats excluded)."""
     total = 0
     for name, module in model.named_modules():
-        for pname, _ in module.named_parameters(recurse=False):
-            total += int(_kept_entries(module, name, pname, masks).sum())
+        for pname, param in module.named_parameters(recurse=False):
+            if _mask_of(module, name, pname, masks) is None:
+                total += param.numel()  # no data access: works on the meta device too
+            else:
+                total += int(_kept_entries(module, name, pname, masks).sum())
     return total
 
 

@@ -98,12 +98,11 @@ def channel_quadratic(stats: LayerStats, lam: torch.Tensor) -> tuple[torch.Tenso
     return 0.5 * (a_ch + a_ch.T), b_ch
 
 
-def _w_step(stats: LayerStats, lam: torch.Tensor, w: torch.Tensor, ow, cfg) -> torch.Tensor:
-    quad, lin = channel_quadratic(stats, lam)
-    step = newton_w_step if cfg.w_solver == "newton" else mirror_w_step
-    return step(
-        quad * ow.scale, lin * ow.scale, w, ow.s_eps, cfg.inner_max_iter, cfg.eta0, cfg.tol
-    )
+def _j_from_quadratic(quad, lin, lam, w, stats: LayerStats, ow: ObjectiveWeights) -> float:
+    """J(Λ, w) via the exact identity MSE = wᵀA_ch·w − 2·a_chᵀw + v_y (cheap for a new w)."""
+    mse = w @ (quad @ w) - 2.0 * (lin @ w) + stats.v_y
+    penalty = ow.lam2 * (lam * lam).sum()
+    return float(ow.scale * (mse + penalty) + ow.s_eps * entropy_term(w))
 
 
 def alternate(
@@ -115,13 +114,17 @@ def alternate(
         (Λ (C_out, D), w (C_in,), history of J after every step, outer iterations).
     """
     ow = objective_weights(stats, cfg)
+    step = newton_w_step if cfg.w_solver == "newton" else mirror_w_step
     w, history, j_prev, it = w0.clone(), [], float("inf"), 0
     for it in range(1, cfg.max_iter + 1):  # noqa: B007 - `it` is returned
         lam = lambda_step(stats, w, ow.lam2)
-        j_lam = objective(stats, lam, w, ow)
+        quad, lin = channel_quadratic(stats, lam)
+        j_lam = _j_from_quadratic(quad, lin, lam, w, stats, ow)
         history.append(j_lam)
-        w_new = _w_step(stats, lam, w, ow, cfg)
-        j_w = objective(stats, lam, w_new, ow)
+        w_new = step(
+            quad * ow.scale, lin * ow.scale, w, ow.s_eps, cfg.inner_max_iter, cfg.eta0, cfg.tol
+        )
+        j_w = _j_from_quadratic(quad, lin, lam, w_new, stats, ow)
         if j_w < j_lam:  # accept only if J decreases
             w = w_new
         history.append(min(j_w, j_lam))
@@ -129,7 +132,7 @@ def alternate(
             break
         j_prev = history[-1]
     lam = lambda_step(stats, w, ow.lam2)  # Λ consistent with the final w; J can only drop
-    history.append(min(objective(stats, lam, w, ow), history[-1]))
+    history.append(objective(stats, lam, w, ow))
     return lam, w, history, it
 
 
@@ -174,16 +177,12 @@ def solve_layer(
     if cfg.boxes != 1:
         raise ValueError(f"boxes={cfg.boxes}: only one box (K = 1) is implemented")
     ow = objective_weights(stats, cfg)
-    best: SolverResult | None = None
-    best_score = float("inf")
+    runs = []
     for name, w0 in initial_ws(stats, cfg):
         lam, w, history, iters = alternate(stats, w0, cfg)
         held = objective(heldout, lam, w, ow) if heldout is not None else None
-        score = held if held is not None else history[-1]
-        if best is None or score < best_score:
-            best_score = score
-            best = SolverResult(w, lam, w, w, w, history, iters, history[-1], held, name)
-    kept = select_channels(best.w, cfg, n_keep)
-    best.kept = kept
-    best.weight, best.bias = refit_weights(stats, kept, cfg.refit, best.lam, best.w, ow.lam2)
-    return best
+        runs.append((held if held is not None else history[-1], name, lam, w, history, iters, held))
+    _, name, lam, w, history, iters, held = min(runs, key=lambda run: run[0])
+    kept = select_channels(w, cfg, n_keep)
+    weight, bias = refit_weights(stats, kept, cfg.refit, lam, w, ow.lam2)
+    return SolverResult(w, lam, kept, weight, bias, history, iters, history[-1], held, name)

@@ -38,7 +38,7 @@ def select_channels(w: torch.Tensor, cfg: PruneConfig, n_keep: int | None = None
     elif cfg.mode == "budget" and cfg.keep_frac is not None:
         k = n_keep_for_frac(n, cfg.keep_frac, cfg)
     elif cfg.mode == "budget":
-        raise ValueError("budget mode with target_param_sparsity needs an explicit n_keep per layer")
+        raise ValueError("budget mode with target_param_sparsity needs explicit per-layer counts")
     elif cfg.keep_rule == "threshold":
         k = int((n * w >= cfg.tau).sum())
     else:

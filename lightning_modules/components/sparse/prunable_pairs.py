@@ -7,11 +7,12 @@ every pruned copy of it. Image channels and classifier outputs are never pruned;
 residual-tied stage channels are kept and only each BasicBlock's internal channel is pruned.
 """
 
+import itertools
 from dataclasses import dataclass
 
 from torch import nn
 
-from lightning_modules.components.cnn import LeNet5, LeNet5Caffe, ResNet18, VGG16BN
+from lightning_modules.components.cnn import VGG16BN, LeNet5, LeNet5Caffe, ResNet18
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def _lenet_pairs(model: nn.Module) -> list[PrunablePair]:
     first_fc = model.get_submodule(fcs[0])
     group = first_fc.in_features // last_conv.out_channels
     pairs.append(PrunablePair(convs[-1], None, fcs[0], None, group))
-    pairs += [PrunablePair(a, None, b, None) for a, b in zip(fcs[:-1], fcs[1:], strict=True)]
+    pairs += [PrunablePair(a, None, b, None) for a, b in itertools.pairwise(fcs)]
     return pairs
 
 
