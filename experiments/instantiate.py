@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
@@ -11,6 +12,13 @@ from omegaconf import DictConfig, OmegaConf
 from callbacks.atomic_checkpoint_io import AtomicCheckpointIO
 from callbacks.run_metadata import RunMetadataCallback, read_wandb_run_id
 from experiments.errors import CheckpointError
+
+
+def apply_runtime_settings(cfg: DictConfig) -> None:
+    """Seed every RNG (also in dataloader workers) and set the CPU thread count if configured."""
+    L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
 
 
 def resolve_resume(cfg: DictConfig) -> str | None:

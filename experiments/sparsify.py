@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.checkpoints import module_from_checkpoint, save_module_checkpoint
 from experiments.errors import exit_on_user_error
-from experiments.instantiate import close_loggers, instantiate_loggers
+from experiments.instantiate import apply_runtime_settings, close_loggers, instantiate_loggers
 from experiments.plots import kept_channels_chart
 from experiments.summary import format_summary
 from experiments.timing import median_latency_ms
@@ -37,7 +37,7 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 
 def sparsify(cfg: DictConfig) -> dict[str, Any]:
     """Run the whole pipeline; returns the report that is also written to ``result.json``."""
-    L.seed_everything(cfg.seed, workers=True)
+    apply_runtime_settings(cfg)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     prune_cfg = PruneConfig(**OmegaConf.to_container(cfg.prune, resolve=True))

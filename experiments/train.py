@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.checkpoints import check_state_dict_compatible, load_checkpoint
 from experiments.errors import exit_on_user_error
 from experiments.instantiate import (
+    apply_runtime_settings,
     close_loggers,
     instantiate_callbacks,
     instantiate_loggers,
@@ -29,7 +30,7 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint; returns the final metrics."""
-    L.seed_everything(cfg.seed, workers=True)
+    apply_runtime_settings(cfg)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     resume_ckpt = resolve_resume(cfg)
     datamodule: L.LightningDataModule = instantiate(cfg.data)

@@ -4,13 +4,10 @@ import os
 from pathlib import Path
 
 import lightning as L
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+
+from experiments.compose import compose_run_config as compose_config  # noqa: F401 (re-export)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO_ROOT / "configs"
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 os.environ.setdefault("PROJECT_ROOT", str(REPO_ROOT))
@@ -25,21 +22,6 @@ def has_real_data(name: str) -> bool:
     """Whether torchvision's raw files of ``name`` (e.g. "MNIST") are under DATA_DIR."""
     root = os.environ.get("DATA_DIR")
     return bool(root) and (Path(root) / name / "raw").is_dir()
-
-
-def compose_config(
-    config_name: str, overrides: list[str], output_dir: Path, logger: str | None = None
-) -> DictConfig:
-    """Compose ``configs/<config_name>.yaml`` as ``@hydra.main`` would, writing into ``output_dir``."""
-    GlobalHydra.instance().clear()
-    logger_override = [f"logger={logger}" if logger else "~logger"]
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose(config_name, overrides=overrides + logger_override, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        del cfg.hydra
-    return cfg
 
 
 class Crash(RuntimeError):

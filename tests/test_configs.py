@@ -4,10 +4,13 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-from helpers import CONFIG_DIR, compose_config
+from helpers import compose_config
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
+from experiments.compose import CONFIG_DIR
 from experiments.instantiate import instantiate_callbacks, instantiate_loggers
+from lightning_modules.components.sparse.prune_config import PruneConfig
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
@@ -18,7 +21,16 @@ def test_experiments_exist() -> None:
         assert name in EXPERIMENTS
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e.startswith("sparsify_")])
+def test_sparsify_experiment_instantiates(experiment: str, tmp_path: Path) -> None:
+    cfg = compose_config("sparsify", [f"experiment={experiment}"], tmp_path)
+    assert isinstance(instantiate(cfg.data), L.LightningDataModule)
+    assert isinstance(instantiate(cfg.model), L.LightningModule)
+    assert PruneConfig(**OmegaConf.to_container(cfg.prune, resolve=True)).selector == "entropic"
+    assert callable(instantiate(cfg.finetune.optimizer))
+
+
+@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if not e.startswith("sparsify_")])
 def test_experiment_instantiates(experiment: str, tmp_path: Path) -> None:
     cfg = compose_config("train", [f"experiment={experiment}"], tmp_path, logger="wandb_csv")
     assert cfg.experiment_name == experiment
