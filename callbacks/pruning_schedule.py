@@ -10,36 +10,21 @@ exactly; Lightning's ``ModelPruning`` strips them by default (spec §10).
 """
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
 
-from lightning_modules.components.sparse.baselines import l1_norm_select, random_select
+from callbacks.channel_selectors import (
+    MASK_NAME,
+    EntropicChannelSelector,
+    Selector,
+    select_l1_norm,
+    select_random,
+)
 from lightning_modules.components.sparse.prunable_pairs import PrunablePair, prunable_pairs
-
-MASK_NAME = "channel_mask"
-
-#: selector(net, pair, n_keep, step) -> sorted kept channel indices (among all channels)
-Selector = Callable[[nn.Module, PrunablePair, int, int], torch.Tensor]
-
-
-def select_l1_norm(net: nn.Module, pair: PrunablePair, n_keep: int, step: int) -> torch.Tensor:
-    """Producer filters of largest L1 norm; masked channels count as norm 0."""
-    mask = net.get_submodule(pair.consumer).get_buffer(MASK_NAME)
-    weight = net.get_submodule(pair.producer).weight.detach()
-    return l1_norm_select(weight * mask.view(-1, *[1] * (weight.dim() - 1)), n_keep)
-
-
-def select_random(net: nn.Module, pair: PrunablePair, n_keep: int, step: int) -> torch.Tensor:
-    """Uniformly random among the still-unmasked channels, seeded by the step."""
-    mask = net.get_submodule(pair.consumer).get_buffer(MASK_NAME)
-    alive = mask.nonzero().flatten()
-    pick = random_select(len(alive), min(n_keep, len(alive)), seed=step)
-    return torch.sort(alive[pick]).values
-
+from lightning_modules.components.sparse.prune_config import PruneConfig
 
 SELECTORS: dict[str, Selector] = {"l1_norm": select_l1_norm, "random": select_random}
 
@@ -52,7 +37,9 @@ def cubic_sparsity(step: int, final: float, start: int, end: int, initial: float
     return final + (initial - final) * (1.0 - progress) ** 3
 
 
-def _apply_channel_mask(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
+def apply_channel_mask(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
+    """Forward pre-hook: zero the consumer's input channels whose mask is 0 (a flatten→linear
+    input is masked per group of H·W features)."""
     (x,) = args
     mask = module.get_buffer(MASK_NAME).to(x.dtype)
     if x.dim() == 4:
@@ -66,7 +53,10 @@ class PruningScheduleCallback(L.Callback):
     Args:
         final_sparsity: fraction of each prunable channel set removed at the end, in [0, 1).
         start_step / end_step / frequency: when pruning events happen (global steps).
-        selector: ``l1_norm`` | ``random`` or a callable ``Selector`` (e.g. the entropic one).
+        selector: ``l1_norm`` | ``random`` | ``entropic`` or a callable ``Selector``.
+        prune: ``PruneConfig`` fields for the entropic selector (solver flags).
+        calibration_images: training images (seeded subset) the entropic selector regresses on;
+            taken from ``trainer.datamodule.data_train.images`` at setup.
         min_channels: never keep fewer channels in a layer.
         net_attr: attribute of the LightningModule holding the network.
     """
@@ -80,6 +70,8 @@ class PruningScheduleCallback(L.Callback):
         selector: str | Selector = "l1_norm",
         min_channels: int = 1,
         net_attr: str = "net",
+        prune: dict[str, Any] | None = None,
+        calibration_images: int = 256,
     ) -> None:
         if not 0.0 <= final_sparsity < 1.0:
             raise ValueError(f"final_sparsity must lie in [0, 1), got {final_sparsity}")
@@ -87,7 +79,11 @@ class PruningScheduleCallback(L.Callback):
             raise ValueError("need 0 <= start_step <= end_step and frequency >= 1")
         self.final_sparsity = final_sparsity
         self.start_step, self.end_step, self.frequency = start_step, end_step, frequency
-        self.selector = SELECTORS[selector] if isinstance(selector, str) else selector
+        if isinstance(selector, str) and selector not in (*SELECTORS, "entropic"):
+            raise ValueError(f"unknown selector {selector!r}; use {[*SELECTORS, 'entropic']}")
+        self.selector = SELECTORS.get(selector, selector) if isinstance(selector, str) else selector
+        self.prune = PruneConfig(**(prune or {}))
+        self.calibration_images = calibration_images
         self.min_channels = min_channels
         self.net_attr = net_attr
         self.pairs: list[PrunablePair] = []
@@ -96,13 +92,26 @@ class PruningScheduleCallback(L.Callback):
         """Register all-ones masks and hooks before a checkpoint is restored into them."""
         net = getattr(pl_module, self.net_attr)
         self.pairs = prunable_pairs(net)
+        if self.selector == "entropic":
+            self.selector = EntropicChannelSelector(self._calibration(trainer), self.prune)
         for pair in self.pairs:
             consumer = net.get_submodule(pair.consumer)
             if MASK_NAME in dict(consumer.named_buffers(recurse=False)):
                 continue
             n = net.get_submodule(pair.producer).weight.shape[0]
             consumer.register_buffer(MASK_NAME, torch.ones(n, device=consumer.weight.device))
-            consumer.register_forward_pre_hook(_apply_channel_mask)
+            consumer.register_forward_pre_hook(apply_channel_mask)
+
+    def _calibration(self, trainer: L.Trainer) -> torch.Tensor:
+        images = getattr(getattr(trainer.datamodule, "data_train", None), "images", None)
+        if images is None:
+            raise ValueError(
+                "selector=entropic needs calibration images: the datamodule must hold its "
+                "preprocessed training images as `data_train.images` (ClassificationDataModule does)"
+            )
+        n = min(self.calibration_images, len(images))
+        gen = torch.Generator().manual_seed(0)
+        return images[torch.randperm(len(images), generator=gen)[:n]]
 
     def target_sparsity(self, step: int) -> float:
         return cubic_sparsity(step, self.final_sparsity, self.start_step, self.end_step)

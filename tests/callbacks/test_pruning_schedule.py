@@ -6,8 +6,18 @@ import pytest
 import torch
 from helpers import Crash, CrashAfterStep, compose_config, with_extra_callback
 
-from callbacks.pruning_schedule import MASK_NAME, PruningScheduleCallback, cubic_sparsity
+from callbacks.channel_selectors import EntropicChannelSelector
+from callbacks.pruning_schedule import (
+    MASK_NAME,
+    SELECTORS,
+    PruningScheduleCallback,
+    apply_channel_mask,
+    cubic_sparsity,
+)
 from experiments.train import train
+from lightning_modules.components.cnn import LeNet5
+from lightning_modules.components.sparse.prunable_pairs import prunable_pairs
+from lightning_modules.components.sparse.prune_config import PruneConfig
 
 N = 12
 
@@ -28,6 +38,26 @@ def test_bad_schedule_values() -> None:
         PruningScheduleCallback(final_sparsity=0.5, start_step=10, end_step=5)
 
 
+@pytest.mark.parametrize("name", ["l1_norm", "random", "entropic"])
+def test_selectors_keep_count_among_alive_channels(name: str) -> None:
+    torch.manual_seed(0)
+    net = LeNet5().eval()
+    pair = prunable_pairs(net)[1]  # conv2 (16 filters) → fc1
+    fc1 = net.get_submodule(pair.consumer)
+    fc1.register_buffer(MASK_NAME, torch.ones(16))
+    fc1.register_forward_pre_hook(apply_channel_mask)
+    fc1.get_buffer(MASK_NAME)[:4] = 0  # channels 0-3 already removed
+    selector = (
+        EntropicChannelSelector(torch.randn(32, 1, 28, 28), PruneConfig(restarts=1))
+        if name == "entropic"
+        else SELECTORS[name]
+    )
+    kept = selector(net, pair, 6, step=3)
+    assert kept.numel() == 6 and torch.all(kept >= 4)
+    assert torch.equal(kept, torch.sort(kept).values)
+    assert net.training is False
+
+
 def _overrides() -> list[str]:
     return [
         "trainer=deterministic",
@@ -38,6 +68,9 @@ def _overrides() -> list[str]:
         "callbacks.pruning_schedule.final_sparsity=0.75",
         f"callbacks.pruning_schedule.end_step={2 * N - 4}",
         "callbacks.pruning_schedule.frequency=4",
+        "callbacks.pruning_schedule.selector=entropic",
+        "callbacks.pruning_schedule.calibration_images=64",
+        "callbacks.pruning_schedule.prune={restarts: 1, max_iter: 30, max_rows: 4000}",
         "test=false",
     ]
 
