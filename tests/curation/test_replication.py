@@ -1,0 +1,69 @@
+"""The replication set-up plants what its ground truth says; its scores are right."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import SHARED_DATA, has_real_data
+
+from datamodules.curated_datamodule import ManifestImageSource
+from datamodules.curation.manifest import read_manifest
+from datamodules.curation.replication import (
+    ReplicationConfig,
+    augment_copy,
+    build_replication,
+    count_test_copies_left,
+    load_ground_truth,
+    self_dedup_scores,
+)
+
+needs_data = pytest.mark.skipif(
+    not (has_real_data("MNIST") and has_real_data("FashionMNIST")),
+    reason="needs MNIST and Fashion-MNIST under DATA_DIR",
+)
+SMALL = ReplicationConfig(mnist=30, fashion_mnist=30, exact_duplicates=4, augmented_duplicates=4,
+                          test_copies=3, noise=5, queries=10, eval=20)  # fmt: skip
+
+
+@needs_data
+def test_planted_items_match_the_ground_truth(tmp_path: Path) -> None:
+    meta = build_replication(tmp_path, SHARED_DATA, SMALL)
+    assert meta["pool"] == 30 + 30 + 4 + 4 + 3 + 5
+    pool = ManifestImageSource(tmp_path / "pool.csv", SHARED_DATA)
+    gt = load_ground_truth(tmp_path / "ground_truth.npz")
+    for dup, orig, augmented in zip(
+        gt["duplicate_rows"], gt["original_rows"], gt["augmented"], strict=True
+    ):
+        same = torch.equal(pool.load(int(dup)), pool.load(int(orig)))
+        assert same != augmented  # exact copies are identical, augmented ones are not
+        assert pool.label(int(dup)) == pool.label(int(orig))
+    evals = read_manifest(tmp_path / "eval.csv")
+    test_images = ManifestImageSource(evals, SHARED_DATA)
+    for row, test_index in zip(gt["test_copy_rows"], gt["test_copy_of"], strict=True):
+        eval_row = int(np.flatnonzero(evals.index == test_index)[0])
+        assert torch.equal(pool.load(int(row)), test_images.load(eval_row))
+    assert set(pool.manifest.source[gt["noise_rows"]]) == {"noise"}
+    queries = read_manifest(tmp_path / "queries.csv")
+    pool_fashion = pool.manifest.index[pool.manifest.source == "fashion_mnist"]
+    assert len(queries) == 10 and not np.isin(queries.index, pool_fashion).any()
+
+
+def test_augment_copy_is_a_near_duplicate() -> None:
+    g = torch.Generator().manual_seed(0)
+    image = torch.zeros(1, 28, 28, dtype=torch.uint8)
+    image[:, 8:20, 10:18] = 200
+    copy = augment_copy(image, g)
+    assert copy.shape == image.shape and copy.dtype == torch.uint8
+    assert not torch.equal(copy, image)
+    assert (copy.float() - image.float()).abs().mean() < 60
+
+
+def test_scores_on_a_hand_made_result() -> None:
+    # pool rows 0..5; planted duplicates 4 (of 0) and 5 (of 1); 2 was also merged into 0's component
+    components = np.array([0, 1, 0, 3, 0, 5])
+    keep = np.array([True, True, False, True, False, True])
+    scores = self_dedup_scores(components, keep, np.array([4, 5]), np.array([0, 1]))
+    assert scores["dedup/recall"] == 0.5
+    assert scores["dedup/precision"] == 0.5 and scores["dedup/false_removals"] == 1
+    assert count_test_copies_left(np.array([0, 3, 5]), np.array([3, 4])) == 1
