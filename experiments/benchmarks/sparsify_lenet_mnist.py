@@ -36,7 +36,10 @@ MAX_LOSS = 0.5  # accuracy points
 
 
 def run_point(args, name: str, overrides: list[str]) -> dict:
+    """One ``sparsify`` run; a finished point (its result.json exists) is read back, not rerun."""
     out = Path(args.out) / name
+    if (out / "result.json").is_file():
+        return {**json.loads((out / "result.json").read_text()), "name": name}
     cfg = compose_run_config(
         "sparsify",
         [f"experiment={args.experiment}", f"source_ckpt={args.dense_ckpt}",
@@ -69,15 +72,16 @@ def magnitude_baseline(args, param_sparsity: float) -> dict:
     after = trainer.test(module, datamodule=datamodule, verbose=False)[0]["test/acc"]
     zeros = sum(int((p == 0).sum()) for p in module.net.parameters())
     return {
-        "name": "global magnitude (unstructured)",
+        "name": "global_magnitude_unstructured",
         "param_sparsity": 100.0 * zeros / n_dense,
         "pruned_test_acc": 100.0 * before,
         "finetuned_test_acc": 100.0 * after,
     }
 
 
-def pick_point(points: list[dict], dense_acc: float) -> dict:
-    ok = [p for p in points if dense_acc - p["pruned_test_acc"] <= MAX_LOSS]
+def pick_point(points: list[dict], dense_acc: float, key: str) -> dict:
+    """The sparsest point whose ``key`` accuracy is within MAX_LOSS of the dense one."""
+    ok = [p for p in points if dense_acc - p[key] <= MAX_LOSS]
     if not ok:
         raise SystemExit(f"no sweep point within {MAX_LOSS} pt of the dense accuracy")
     return max(ok, key=lambda p: p["param_sparsity"])
@@ -106,6 +110,12 @@ def main() -> None:
     parser.add_argument("--eps", default="1e-3")
     parser.add_argument("--finetune-epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--criterion",
+        choices=("finetuned", "pruned"),
+        default="finetuned",
+        help="pick the baseline budget by accuracy after (default) or before fine-tuning",
+    )
     parser.add_argument("--out", default="logs/benchmarks/sparsify")
     args = parser.parse_args()
     os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[2]))
@@ -120,7 +130,12 @@ def main() -> None:
         for r, e in grid
     ]
     dense_acc = sweep[0]["dense_test_acc"]
-    best = pick_point(sweep, dense_acc)
+    key = (
+        "finetuned_test_acc"
+        if args.finetune_epochs and args.criterion == "finetuned"
+        else "pruned_test_acc"
+    )
+    best = pick_point(sweep, dense_acc, key)
     widths = Path(args.out) / "widths.json"
     widths.write_text(json.dumps({lay["producer"]: lay["n_kept"] for lay in best["layers"]}))
     chosen = run_point(
@@ -129,7 +144,7 @@ def main() -> None:
         [f"prune.rho={best['prune']['rho']}", f"prune.eps_entropy={best['prune']['eps_entropy']}"],
     )
     baselines = [
-        run_point(args, f"{sel} (same widths)", [f"prune.selector={sel}", f"widths_from={widths}"])
+        run_point(args, f"{sel}_same_widths", [f"prune.selector={sel}", f"widths_from={widths}"])
         for sel in ("l1_norm", "random", "group_lasso")
     ]
     baselines.append(magnitude_baseline(args, chosen["param_sparsity"]))
