@@ -140,7 +140,7 @@ def main() -> None:
     widths.write_text(json.dumps({lay["producer"]: lay["n_kept"] for lay in best["layers"]}))
     chosen = run_point(
         args,
-        "entropic (chosen)",
+        "entropic_chosen",
         [f"prune.rho={best['prune']['rho']}", f"prune.eps_entropy={best['prune']['eps_entropy']}"],
     )
     baselines = [
