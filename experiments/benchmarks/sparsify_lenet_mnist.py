@@ -138,6 +138,7 @@ def main() -> None:
     best = pick_point(sweep, dense_acc, key)
     widths = Path(args.out) / "widths.json"
     widths.write_text(json.dumps({lay["producer"]: lay["n_kept"] for lay in best["layers"]}))
+    print(f"chosen: rho={best['prune']['rho']} eps={best['prune']['eps_entropy']} by {key}")
     chosen = run_point(
         args,
         "entropic_chosen",
