@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import compose_config
 
 from experiments.checkpoints import module_from_checkpoint
 from experiments.errors import UserFacingError
 from experiments.sparsify import sparsify
 from experiments.train import train
-from helpers import compose_config
 from lightning_modules.sparse_cnn_module import SparseCNNLitModule
 
 FAST = [
