@@ -6,6 +6,8 @@ import pytest
 from helpers import compose_config
 from omegaconf import DictConfig
 
+from experiments.train import train
+
 
 @pytest.fixture
 def make_cfg(tmp_path: Path):
@@ -17,3 +19,11 @@ def make_cfg(tmp_path: Path):
         return compose_config(config_name, overrides, tmp_path, logger)
 
     return _make
+
+
+@pytest.fixture(scope="session")
+def lenet_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """last.ckpt of LeNet-5 trained 3 epochs on scikit-learn digits (shared by several tests)."""
+    out = tmp_path_factory.mktemp("lenet_digits")
+    train(compose_config("train", ["trainer.max_epochs=3", "test=false"], out))
+    return out / "checkpoints" / "last.ckpt"

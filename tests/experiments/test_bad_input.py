@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import REPO_ROOT, compose_config
+from hydra.utils import instantiate
 
 from datamodules.components.errors import DatasetNotFoundError
 from experiments.errors import CheckpointError
@@ -45,17 +46,8 @@ def test_missing_dataset_names_path_and_fix(tmp_path: Path) -> None:
 def test_cifar10_absent_offline_raises_clear_error(tmp_path: Path) -> None:
     cfg = compose_config("train", ["experiment=vgg16_cifar10", f"paths.data_dir={tmp_path}"],
                          tmp_path / "run")  # fmt: skip
-    from hydra.utils import instantiate
-
     with pytest.raises(DatasetNotFoundError, match="cifar10"):
         instantiate(cfg.data).setup("fit")
-
-
-@pytest.fixture(scope="module")
-def lenet_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("lenet")
-    train(compose_config("train", ["debug=limit", "test=false"], out))
-    return out / "checkpoints" / "last.ckpt"
 
 
 def test_corrupt_checkpoint(lenet_checkpoint: Path, tmp_path: Path) -> None:

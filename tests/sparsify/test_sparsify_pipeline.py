@@ -10,7 +10,6 @@ from helpers import compose_config
 from experiments.checkpoints import module_from_checkpoint
 from experiments.errors import UserFacingError
 from experiments.sparsify import sparsify
-from experiments.train import train
 from lightning_modules.sparse_cnn_module import SparseCNNLitModule
 
 FAST = [
@@ -22,17 +21,10 @@ FAST = [
 ]
 
 
-@pytest.fixture(scope="module")
-def dense_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dense")
-    train(compose_config("train", ["trainer.max_epochs=3", "test=false"], out))
-    return out / "checkpoints" / "last.ckpt"
-
-
-def test_prune_finetune_save_reload(dense_checkpoint: Path, tmp_path: Path) -> None:
+def test_prune_finetune_save_reload(lenet_checkpoint: Path, tmp_path: Path) -> None:
     cfg = compose_config(
         "sparsify",
-        [*FAST, f"source_ckpt={dense_checkpoint}", "finetune.epochs=1",
+        [*FAST, f"source_ckpt={lenet_checkpoint}", "finetune.epochs=1",
          "+trainer.limit_train_batches=3", "trainer.limit_val_batches=1"],
         tmp_path,
     )  # fmt: skip
@@ -65,8 +57,8 @@ def test_unsupported_source_architecture(tmp_path: Path) -> None:
         sparsify(cfg)
 
 
-def test_bad_prune_flags_are_rejected(dense_checkpoint: Path, tmp_path: Path) -> None:
-    overrides = [*FAST, f"source_ckpt={dense_checkpoint}", "prune.mode=budget",
+def test_bad_prune_flags_are_rejected(lenet_checkpoint: Path, tmp_path: Path) -> None:
+    overrides = [*FAST, f"source_ckpt={lenet_checkpoint}", "prune.mode=budget",
                  "prune.target_param_sparsity=1.5"]  # fmt: skip
     with pytest.raises(ValueError, match=r"target_param_sparsity must lie in \[0, 1\)"):
         sparsify(compose_config("sparsify", overrides, tmp_path))
