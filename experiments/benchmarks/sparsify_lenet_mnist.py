@@ -136,16 +136,19 @@ def main() -> None:
         else "pruned_test_acc"
     )
     best = pick_point(sweep, dense_acc, key)
-    widths = Path(args.out) / "widths.json"
+    tag = f"rho{best['prune']['rho']}_eps{best['prune']['eps_entropy']}"
+    widths = Path(args.out) / f"widths_{tag}.json"
     widths.write_text(json.dumps({lay["producer"]: lay["n_kept"] for lay in best["layers"]}))
     print(f"chosen: rho={best['prune']['rho']} eps={best['prune']['eps_entropy']} by {key}")
     chosen = run_point(
         args,
-        "entropic_chosen",
+        f"entropic_chosen_{tag}",
         [f"prune.rho={best['prune']['rho']}", f"prune.eps_entropy={best['prune']['eps_entropy']}"],
     )
     baselines = [
-        run_point(args, f"{sel}_same_widths", [f"prune.selector={sel}", f"widths_from={widths}"])
+        run_point(
+            args, f"{sel}_widths_of_{tag}", [f"prune.selector={sel}", f"widths_from={widths}"]
+        )
         for sel in ("l1_norm", "random", "group_lasso")
     ]
     baselines.append(magnitude_baseline(args, chosen["param_sparsity"]))
