@@ -66,7 +66,7 @@ class EMATeacherCallback(L.Callback):
     ) -> None:
         if trainer.fit_loop._should_accumulate():  # no optimizer step after this batch
             return
-        step = trainer.global_step - 1  # the optimizer step just taken
+        step = max(trainer.global_step - 1, 0)  # the optimizer step just taken
         m = self.momentum(step, self._total(trainer))
         for target, source in pl_module.ema_pairs():
             update_momentum_foreach(target, source, m)
