@@ -1,8 +1,10 @@
 """Shared fixtures: composed Hydra configs pointed at a temporary run directory."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import compose_config
 from omegaconf import DictConfig
 
@@ -27,3 +29,13 @@ def lenet_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("lenet_digits")
     train(compose_config("train", ["trainer.max_epochs=3", "test=false"], out))
     return out / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_torch_thread() -> Iterator[None]:
+    """One intra-op thread per test module: the tests' tensors are tiny, and with 2 OpenMP threads
+    small ops ran 10-20x slower whenever the 2-core machine was busy (oversubscription)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

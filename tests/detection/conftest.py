@@ -45,15 +45,6 @@ def build_micro_overrides(synthetic_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: intra-op threads only add contention on the shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="session")
 def tiny_text_encoder():
     """Random 2-layer BERT (hidden 64) with the MiniLM tokenizer."""

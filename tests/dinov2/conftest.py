@@ -1,9 +1,6 @@
 """Shared settings for the DINOv2 system tests: a tiny model on a small digits subset."""
 
-from collections.abc import Iterator
-
 import pytest
-import torch
 
 HEAD = "{out_dim: 64, hidden_dim: 64, bottleneck_dim: 32, nlayers: 2}"
 #: A 2-block, 32-wide ViT (patch 4, 16 / 8 px crops) on 48 digits, 8 images per step.
@@ -21,15 +18,6 @@ TINY = [
     "+trainer.enable_progress_bar=false",
     "test=false",
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """One intra-op thread: the tensors are tiny and the machine's 2 cores are shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

@@ -1,20 +1,9 @@
 """Shared settings of the DINOv2 evaluation tests: one thread, a tiny backbone."""
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
 from lightning_modules.components.vit import DINOv2Backbone
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """One intra-op thread: tiny tensors on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture

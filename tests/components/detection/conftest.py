@@ -30,15 +30,3 @@ def minilm_text_encoder():
     from lightning_modules.components.detection.text_encoder import TextEncoder
 
     return TextEncoder.minilm(cache_size=0)
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These tests use tiny tensors: intra-op threads only add contention on a shared CPU
-    (rendering a scene took 110 ms with 2 threads vs 16 ms with 1 on the 2-core test machine)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)

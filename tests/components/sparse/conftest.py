@@ -8,15 +8,6 @@ from lightning_modules.components.sparse.layer_stats import LayerStats, stats_fr
 INFORMATIVE = (1, 4, 6)  # the channels the synthetic targets depend on
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """The tiny float64 linear algebra here is fastest (and reproducible) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _synthetic_rows(
     seed: int = 0, rows: int = 4000, n_channels: int = 8, group: int = 9, n_out: int = 5
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
