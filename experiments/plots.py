@@ -25,12 +25,7 @@ def kept_channels_chart(
         ax.text(x, k, f"{100 * k / o:.0f}%", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(list(xs), layers, rotation=45, ha="right", fontsize=7)
     ax.set_ylabel("channels")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, ax, title, path)
 
 
 def sparsity_accuracy_curve(
@@ -49,6 +44,11 @@ def sparsity_accuracy_curve(
     ax.axhline(baseline_acc - 0.5, color="k", lw=0.8, ls="--", label="dense − 0.5 pt")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
+    return _save(fig, ax, title, path)
+
+
+def _save(fig: plt.Figure, ax: plt.Axes, title: str, path: str | Path) -> Path:
+    """Title, legend, layout; write the PNG and free the figure."""
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
