@@ -38,7 +38,9 @@ def test_highres_continues_from_a_checkpoint(tmp_path: Path) -> None:
     assert cfg.model.optim.base_lr < _cfg("dinov2_vits14", tmp_path).model.optim.base_lr
 
 
-@pytest.mark.parametrize("experiment", ["dinov2_tiny_fashionmnist", "dinov2_distill_tiny"])
+@pytest.mark.parametrize(
+    "experiment", ["dinov2_tiny_digits", "dinov2_tiny_fashionmnist", "dinov2_distill_tiny"]
+)
 def test_cpu_presets(experiment: str, tmp_path: Path) -> None:
     cfg = _cfg(experiment, tmp_path)
     assert (

@@ -88,7 +88,10 @@ def test_ddp_step_equals_single_process_on_concatenated_batch(
         ]
 
     for term in ("dino_local", "dino_global", "ibot"):
-        assert ddp[f"train/loss_{term}"] == pytest.approx(single[term].item(), abs=1e-6), term
+        # 1e-6, relative to the loss (a few fp32 ulps: the reductions run in another order)
+        assert ddp[f"train/loss_{term}"] == pytest.approx(
+            single[term].item(), rel=1e-6, abs=1e-6
+        ), term
     # KoLeo stays per process (spec D3): the logged value is the mean of the per-rank values
     koleo = sum(r["koleo"].item() for r in per_rank) / WORLD
     assert ddp["train/loss_koleo"] == pytest.approx(koleo, abs=1e-5)

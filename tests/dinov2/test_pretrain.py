@@ -63,21 +63,26 @@ def _read_metrics(run_dir: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
 
 
+@pytest.mark.slow  # 150 steps of the real preset: about 1.5 minutes on 2 cores
 @pytest.mark.xfail(
     strict=True,
     reason="open bug: the tiny digits preset's DINO loss sits at ln K (uniform collapse, spec §4.6); "
     "kNN still learns through iBOT/KoLeo. `make train` keeps lenet5_digits until this passes.",
 )
-def test_short_run_dino_loss_is_not_stuck_at_ln_k(tiny, tmp_path: Path) -> None:
-    """A uniform collapse pins dino_local + dino_global at ln K (spec §4.6)."""
-    steps = 40
-    overrides = [*tiny, "data.subset=null", "data.batch_size=16", f"trainer.max_steps={steps}",
-                 "trainer.log_every_n_steps=1", "callbacks.periodic_checkpoint.every_n_train_steps=null"]  # fmt: skip
-    train(compose_config("train", overrides, tmp_path, logger="csv"))
+def test_short_run_dino_loss_is_not_stuck_at_ln_k(tmp_path: Path) -> None:
+    """The dinov2_tiny_digits preset, shortened: its DINO loss must leave ln K (spec §4.6, §13.14).
+
+    Uniform collapse pins dino_local + dino_global at ln K; the early steps of any run sit
+    elsewhere, so only the end of the run is judged.
+    """
+    steps = 150
+    overrides = ["experiment=dinov2_tiny_digits", "data.num_workers=0", f"trainer.max_steps={steps}",
+                 "trainer.log_every_n_steps=1", "+trainer.enable_progress_bar=false"]  # fmt: skip
+    cfg = compose_config("train", overrides, tmp_path, logger="csv")
+    train(cfg)
     rows = [r for r in _read_metrics(tmp_path) if "train/loss_dino_local" in r]
     dino = torch.tensor([r["train/loss_dino_local"] + r["train/loss_dino_global"] for r in rows])
     assert len(dino) == steps and torch.isfinite(dino).all()
-    ln_k = math.log(64)
-    late = dino[-10:]
-    assert (late - ln_k).abs().min() > 0.05, f"DINO loss sits at ln K = {ln_k:.3f}: {late}"
+    late, ln_k = dino[-20:], math.log(cfg.model.dino_head.out_dim)
+    assert (late.mean() - ln_k).abs() > 0.05, f"DINO loss sits at ln K = {ln_k:.3f}: {late}"
     assert late.std() > 1e-3, "DINO loss is frozen at a constant"
