@@ -17,6 +17,8 @@ from torch import nn
 
 from lightning_modules.components.detection.denoising import ContrastiveDenoising
 from lightning_modules.components.detection.heads import PRIOR_BIAS, ContrastiveHead
+from lightning_modules.components.detection.keypoint_head import KeypointHead
+from lightning_modules.components.detection.mask_head import MaskHead
 from lightning_modules.components.detection.neck import ChannelMapper
 from lightning_modules.components.detection.outputs import (
     DetectorOutput,
@@ -25,10 +27,15 @@ from lightning_modules.components.detection.outputs import (
     Predictions,
     TextMemory,
 )
+from lightning_modules.components.detection.prompts import UniversalPrompt
 from lightning_modules.components.detection.query_selection import QuerySelection
 from lightning_modules.components.detection.transformer import (
     CrossModalityDecoder,
     FeatureEnhancer,
+)
+from lightning_modules.components.detection.visual_prompt import (
+    VisualPromptEncoder,
+    VisualPrompts,
 )
 
 
@@ -64,6 +71,10 @@ class GroundingDetector(nn.Module):
         queries: {num, levels, points}. class_head: {log_scale_init, bias_init, per_layer}.
         dn: {number, box_noise, label_noise, labelbook, content} or None (no denoising).
         dropout: transformer dropout. grad_checkpoint: recompute encoder layers in backward.
+        DINO-X extensions (spec §12), each None = off: universal_prompt ``UniversalPrompt``
+        kwargs; visual_prompt ``VisualPromptEncoder`` kwargs (needs the universal prompt);
+        mask_head ``MaskHead`` kwargs (needs a stride-4 backbone map); keypoint_head
+        ``KeypointHead`` kwargs.
     """
 
     def __init__(
@@ -81,6 +92,10 @@ class GroundingDetector(nn.Module):
         dn: Mapping[str, Any] | None = None,
         dropout: float = 0.0,
         grad_checkpoint: bool = False,
+        universal_prompt: Mapping[str, Any] | None = None,
+        visual_prompt: Mapping[str, Any] | None = None,
+        mask_head: Mapping[str, Any] | None = None,
+        keypoint_head: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         layers = _cfg(layers, {"encoder": 6, "decoder": 6})
@@ -118,6 +133,37 @@ class GroundingDetector(nn.Module):
         if dn is not None and dn.get("number", 0) > 0:
             self.dn = ContrastiveDenoising(d_model, **dict(dn))
         self.d_model, self.text_dim, self.num_queries = d_model, text_dim, queries["num"]
+        self._build_extensions(universal_prompt, visual_prompt, mask_head, keypoint_head,
+                               n_heads, queries)  # fmt: skip
+
+    def _build_extensions(self, universal_prompt: Mapping[str, Any] | None,
+                          visual_prompt: Mapping[str, Any] | None,
+                          mask_head: Mapping[str, Any] | None,
+                          keypoint_head: Mapping[str, Any] | None, n_heads: int,
+                          queries: Mapping[str, int]) -> None:  # fmt: skip
+        """The optional DINO-X modules (None when off, so the GD state dict is unchanged)."""
+        d, levels, points = self.d_model, queries["levels"], queries["points"]
+        self.universal_prompt = (
+            UniversalPrompt(d, **dict(universal_prompt)) if universal_prompt is not None else None
+        )
+        self.visual_prompt = None
+        if visual_prompt is not None:
+            if self.universal_prompt is None:
+                raise ValueError("visual_prompt needs universal_prompt (the encoder's text stream)")
+            self.visual_prompt = VisualPromptEncoder(d, n_heads, levels, points,
+                                                     **dict(visual_prompt))  # fmt: skip
+        self.mask_head = None
+        if mask_head is not None:
+            channels = self.backbone.out_channels
+            if len(channels) != 4:
+                raise ValueError(
+                    f"mask_head needs a stride-4 backbone map but the backbone returns "
+                    f"{len(channels)} maps: set model.detector.backbone.with_stride4=true"
+                )
+            self.mask_head = MaskHead(channels[0], d, **dict(mask_head))
+        self.keypoint_head = None
+        if keypoint_head is not None:
+            self.keypoint_head = KeypointHead(d, n_heads, levels, points, **dict(keypoint_head))
 
     @property
     def size_divisibility(self) -> int:
@@ -150,7 +196,37 @@ class GroundingDetector(nn.Module):
     ) -> DetectorOutput:
         """Transformer + heads on precomputed image features and a text memory."""
         memory, memory_text = self.encoder(feats, text)
-        mask = text.text_token_mask
+        return self.decode(feats, memory, memory_text, text.text_token_mask, dn)
+
+    def universal_memory(self, batch_size: int) -> TextMemory:
+        """The universal (prompt-free) prompt as a ``TextMemory`` for ``batch_size`` images."""
+        if self.universal_prompt is None:
+            raise ValueError(
+                "prompt-free detection needs a universal prompt: set "
+                "model.detector.universal_prompt (e.g. {num_tokens: 1})"
+            )
+        return self.universal_prompt(batch_size)
+
+    def encode_visual_prompts(self, feats: ImageFeatures, prompts: VisualPrompts) -> torch.Tensor:
+        """Prompt boxes/points on the images of ``feats`` → one vector per group (G, d)."""
+        if self.visual_prompt is None:
+            raise ValueError("visual prompts need model.detector.visual_prompt to be set")
+        memory, _ = self.encoder(feats, self.universal_memory(feats.src.shape[0]))
+        return self.visual_prompt(memory, feats, prompts)
+
+    def forward_visual(self, feats: ImageFeatures, vectors: torch.Tensor,
+                       dn: DNRequest | None = None) -> DetectorOutput:  # fmt: skip
+        """Detection with visual prompt vectors (B, C, d) as the text memory (spec §12.2): the
+        encoder runs with the universal prompt, then query selection, the decoder's text
+        cross-attention and the head see one token per prompted category."""
+        memory, _ = self.encoder(feats, self.universal_memory(feats.src.shape[0]))
+        mask = torch.ones(vectors.shape[:2], dtype=torch.bool, device=vectors.device)
+        return self.decode(feats, memory, vectors, mask, dn)
+
+    def decode(self, feats: ImageFeatures, memory: torch.Tensor, memory_text: torch.Tensor,
+               mask: torch.Tensor, dn: DNRequest | None = None) -> DetectorOutput:  # fmt: skip
+        """Query selection, decoder and heads on the encoder outputs memory (B, S, d),
+        memory_text (B, T, d) with text_token_mask ``mask`` (B, T)."""
         tgt, ref, enc = self.query_selection(memory, feats, memory_text, mask)
         attn_mask, meta = None, None
         if dn is not None and self.dn is not None:
@@ -171,11 +247,25 @@ class GroundingDetector(nn.Module):
             dn_out = DNOutputs(
                 [Predictions(p.logits[:, :pad], p.boxes[:, :pad]) for _, p in layers], meta
             )
-        return DetectorOutput(
+        out = DetectorOutput(
             logits=split[-1].logits, boxes=split[-1].boxes, aux=split[:-1], enc=enc, dn=dn_out,
             text_token_mask=mask, hidden=layers[-1][0][:, pad:], memory=memory,
             memory_text=memory_text,
         )  # fmt: skip
+        self._extension_heads(out, [h[:, pad:] for h, _ in layers], split, feats)
+        return out
+
+    def _extension_heads(self, out: DetectorOutput, hiddens: list[torch.Tensor],
+                         layers: list[Predictions], feats: ImageFeatures) -> None:  # fmt: skip
+        """Fills masks (every decoder layer) and keypoints (last layer) of ``out`` in place."""
+        if self.mask_head is not None:
+            pixel = self.mask_head.pixel_embedding(feats, out.memory)
+            for hidden, pred in zip(hiddens, layers, strict=True):
+                pred.masks = self.mask_head(hidden, pixel)
+            out.masks = layers[-1].masks
+        if self.keypoint_head is not None:
+            *aux, out.keypoints = self.keypoint_head(out.hidden, out.boxes, out.memory, feats)
+            out.keypoint_aux = aux
 
     def forward(
         self,

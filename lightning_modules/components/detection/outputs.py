@@ -53,10 +53,12 @@ class TextMemory:
 
 @dataclass
 class Predictions:
-    """One set of predictions: logits (B, N, T) raw, finite; boxes (B, N, 4) cxcywh."""
+    """One set of predictions: logits (B, N, T) raw, finite; boxes (B, N, 4) cxcywh;
+    masks (B, N, h, w) mask logits at stride 4 of the padded batch when a mask head runs."""
 
     logits: torch.Tensor
     boxes: torch.Tensor
+    masks: torch.Tensor | None = None
 
 
 @dataclass
@@ -92,7 +94,9 @@ class DetectorOutput:
     text_token_mask (B, T) bool; hidden (B, Q, d): last layer's normed query states and
     memory (B, S, d) / memory_text (B, T, d): encoder outputs, for extension heads
     (masks, keypoints, object tokens for a language head).
-    masks (B, Q, h, w) and keypoints (B, Q, K, 3): filled by optional heads.
+    masks (B, Q, h, w) and keypoints (B, Q, K, 3): filled by optional heads (mask logits at
+    stride 4 of the padded batch; keypoint (x, y) normalised to the unpadded image and a
+    visibility logit); keypoint_aux: the keypoint head's earlier layers, first to last.
     """
 
     logits: torch.Tensor
@@ -106,7 +110,8 @@ class DetectorOutput:
     memory_text: torch.Tensor | None = None
     masks: torch.Tensor | None = None
     keypoints: torch.Tensor | None = None
+    keypoint_aux: list[torch.Tensor] = field(default_factory=list)
 
     def layers(self) -> list[Predictions]:
         """Every decoder layer's matching predictions, first to last."""
-        return [*self.aux, Predictions(self.logits, self.boxes)]
+        return [*self.aux, Predictions(self.logits, self.boxes, self.masks)]

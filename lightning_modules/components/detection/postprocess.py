@@ -46,26 +46,33 @@ def postprocess_image(
 ) -> dict[str, torch.Tensor]:
     """One image's chunk predictions → {"boxes" (K, 4) xyxy pixels of the original image (clipped
     to it),
-    "scores" (K,), "labels" (K,) global category index}, best first, K ≤ ``num_select``.
+    "scores" (K,), "labels" (K,) global category index, "query" (K,) and "part" (K,): the query
+    and the chunk each detection comes from (to pick its mask or keypoints)}, best first,
+    K ≤ ``num_select``.
 
     With ``nms_iou``, class-wise NMS (``batched_nms``) runs before the top-K.
     """
-    scores, boxes, labels = [], [], []
-    for part in parts:
+    scores, boxes, labels, queries, part_ids = [], [], [], [], []
+    for i, part in enumerate(parts):
         s = category_scores(part.logits, part.text_token_mask, part.positive_map)  # (Q, C)
         q, c = s.shape
         scores.append(s.flatten())
         boxes.append(part.boxes.float()[:, None].expand(q, c, 4).reshape(-1, 4))
         labels.append(part.label_ids.to(s.device)[None].expand(q, c).flatten())
+        queries.append(torch.arange(q, device=s.device)[:, None].expand(q, c).flatten())
+        part_ids.append(torch.full((q * c,), i, dtype=torch.long, device=s.device))
     scores, boxes, labels = torch.cat(scores), torch.cat(boxes), torch.cat(labels)
+    queries, part_ids = torch.cat(queries), torch.cat(part_ids)
     h, w = orig_size
     xyxy = box_convert(boxes, "cxcywh", "xyxy") * boxes.new_tensor([w, h, w, h])
     xyxy = torch.minimum(xyxy.clamp(min=0), xyxy.new_tensor([w, h, w, h]))  # inside the image
     if nms_iou is not None:
         keep = batched_nms(xyxy, scores, labels, nms_iou)
         scores, xyxy, labels = scores[keep], xyxy[keep], labels[keep]
+        queries, part_ids = queries[keep], part_ids[keep]
     top = scores.topk(min(num_select, scores.numel())).indices
-    return {"boxes": xyxy[top], "scores": scores[top], "labels": labels[top]}
+    return {"boxes": xyxy[top], "scores": scores[top], "labels": labels[top],
+            "query": queries[top], "part": part_ids[top]}  # fmt: skip
 
 
 class PostProcess:

@@ -1,0 +1,397 @@
+"""DINO-X system: the grounding detector with universal / visual prompts, masks and keypoints
+(spec §12, decision P9).
+
+Training: the prompt source of a step is ``train_prompts[global_step % len]`` (text, universal,
+visual), so mixed schedules stay pure functions of the step. ``trainable`` (prompt-tuning: only
+the universal prompt) or ``frozen`` (stage 2: the backbone) freeze detector modules: no
+gradients, and eval mode (drop-path off) even while training.
+
+Validation (per loader prefix, e.g. ``val``): text box AP as the base module (``val/mAP``), and,
+when the heads run, mask AP (``val/mask_mAP``, torchmetrics ``iou_type="segm"``) and
+class-agnostic OKS AP (``val/kpt_AP``); with ``eval_prompts`` containing ``universal``:
+class-agnostic AP and AR@100 of prompt-free detection (``val/agnostic_mAP``, ``_mAP_50``,
+``_mAR_100``); with ``visual``: box AP with visual prompts taken from the first
+``visual_exemplar_images`` images of the loader, searched on the *other* images
+(``val/visual_mAP``), next to text-prompt AP on the same images and categories
+(``val/visual_text_mAP``).
+"""
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.detection import MeanAveragePrecision
+from torchvision.ops import box_convert
+
+from lightning_modules.components.detection.detector import DNRequest, GroundingDetector
+from lightning_modules.components.detection.dinox_inference import (
+    DINOXPostProcess,
+    PassOutput,
+    group_prompts,
+    unique_instances,
+)
+from lightning_modules.components.detection.keypoint_ap import KeypointAP
+from lightning_modules.components.detection.outputs import DetectorOutput, ImageFeatures
+from lightning_modules.components.detection.text_encoder import TextEncoder
+from lightning_modules.components.detection.visual_prompt import (
+    average_by_category,
+)
+from lightning_modules.components.losses.dinox_criterion import DINOXCriterion
+from lightning_modules.components.losses.set_criterion import SetCriterion
+from lightning_modules.dinov2_checkpoint import read_state_dict, sub_state
+from lightning_modules.grounding_detector_module import (
+    GroundingDetectorLitModule,
+    OptimizerFactory,
+    _map_metric,
+)
+
+if TYPE_CHECKING:
+    from datamodules.components.detection_collate import PromptBatch
+
+PROMPT_SOURCES = ("text", "universal", "visual")
+#: Detector modules a Grounding-DINO checkpoint may lack (``init_from_checkpoint``).
+EXTENSION_MODULES = ("universal_prompt.", "visual_prompt.", "mask_head.", "keypoint_head.",
+                     "backbone.up4.")  # fmt: skip
+
+
+class DINOXDetectorLitModule(GroundingDetectorLitModule):
+    """``GroundingDetectorLitModule`` + DINO-X prompts and heads.
+
+    Args (beyond the base module's, passed through ``base``):
+        train_prompts: prompt source per step, cycled by global step.
+        eval_prompts: prompt sources evaluated besides text.
+        trainable: module paths that train (e.g. ``["detector.universal_prompt"]``); every other
+            detector module is frozen. None: all train. frozen: module paths frozen (stage 2).
+        visual_exemplar_images: images per validation loader that supply visual prompts.
+        mask_select: detections per image given masks (mask AP, overlays).
+        keypoint_select: instances per image scored by OKS AP; keypoint_sigmas: σ_k.
+        init_checkpoint: a checkpoint whose detector weights start the run (fresh optimizer and
+            step; e.g. stage 2 from stage 1, or stage 1 from a Grounding-DINO run: the extension
+            modules it lacks keep their initialisation).
+    """
+
+    def __init__(
+        self, detector: GroundingDetector, text_encoder: TextEncoder, criterion: SetCriterion,
+        optimizer: OptimizerFactory, train_prompts: Sequence[str] = ("text",),
+        eval_prompts: Sequence[str] = (), trainable: Sequence[str] | None = None,
+        frozen: Sequence[str] = (), visual_exemplar_images: int = 8, mask_select: int = 100,
+        keypoint_select: int = 20, keypoint_sigmas: Sequence[float] = (0.05,) * 5,
+        init_checkpoint: str | None = None, **base: Any,
+    ) -> None:  # fmt: skip
+        super().__init__(detector, text_encoder, criterion, optimizer, **base)
+        # plain lists: checkpoints hold hyper-parameters and must load with weights_only=True
+        train_prompts, eval_prompts = (
+            [str(p) for p in train_prompts],
+            [str(p) for p in eval_prompts],
+        )
+        trainable = None if trainable is None else [str(p) for p in trainable]
+        frozen, keypoint_sigmas = [str(p) for p in frozen], [float(s) for s in keypoint_sigmas]
+        for source in [*train_prompts, *eval_prompts]:
+            if source not in PROMPT_SOURCES:
+                raise ValueError(f"unknown prompt source {source!r}; expected {PROMPT_SOURCES}")
+        self.save_hyperparameters(
+            logger=False, ignore=["detector", "text_encoder", "criterion", "optimizer"]
+        )
+        self.postprocess = DINOXPostProcess(mask_select, keypoint_select)
+        self.frozen_modules = self._freeze(trainable, frozen)
+        self.extra_metrics = nn.ModuleDict()
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.init_checkpoint:
+            self.init_from_checkpoint(self.hparams.init_checkpoint)
+
+    def init_from_checkpoint(self, path: str) -> None:
+        """Detector weights from ``path``; only the extension modules may be missing there
+        (a resume via ckpt_path is restored after this and wins)."""
+        saved = sub_state(read_state_dict(path), "detector.")
+        incompatible = self.detector.load_state_dict(saved, strict=False)
+        missing = [k for k in incompatible.missing_keys if not k.startswith(EXTENSION_MODULES)]
+        if missing or incompatible.unexpected_keys:
+            raise ValueError(
+                f"{path} does not fit this detector: missing {missing[:5]}, "
+                f"unexpected {incompatible.unexpected_keys[:5]}"
+            )
+
+    # ---- freezing -----------------------------------------------------------------------------
+    def _freeze(self, trainable: list[str] | None, frozen: list[str]) -> list[str]:
+        """Sets requires_grad=False on the frozen modules; returns their paths."""
+        names = [n for n, _ in self.named_modules()]
+        for path in [*(trainable or []), *frozen]:
+            if path not in names:
+                raise ValueError(f"no module {path!r} to train/freeze (e.g. detector.backbone)")
+        paths = list(frozen)
+        if trainable is not None:
+            keep = tuple(trainable)
+            for name, _ in self.detector.named_children():
+                path = f"detector.{name}"
+                if path in keep:
+                    continue
+                below = [t for t in keep if t.startswith(path + ".")]
+                if below:
+                    module = self.get_submodule(path)
+                    paths += [f"{path}.{c}" for c, _ in module.named_children()
+                              if not any(t == f"{path}.{c}" or t.startswith(f"{path}.{c}.")
+                                         for t in below)]  # fmt: skip
+                else:
+                    paths.append(path)
+        for path in paths:
+            self.get_submodule(path).requires_grad_(False)
+        return paths
+
+    def train(self, mode: bool = True) -> "DINOXDetectorLitModule":
+        """Frozen modules stay in eval mode (no drop-path or dropout) while the rest trains."""
+        super().train(mode)
+        for path in getattr(self, "frozen_modules", []):
+            self.get_submodule(path).eval()
+        return self
+
+    # ---- training -----------------------------------------------------------------------------
+    def _generator(self, stream: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self._step_seed(stream))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        source = self.hparams.train_prompts[self.global_step % len(self.hparams.train_prompts)]
+        prompt, targets = batch["prompts"][0], batch["targets"]
+        with self._step_rng():
+            feats = self.detector.image_features(batch["images"], batch["pad_mask"])
+            out, targets, pmap = self._prompted_forward(source, feats, prompt, targets)
+        kwargs = (
+            {"generator": self._generator(2)} if isinstance(self.criterion, DINOXCriterion) else {}
+        )
+        losses = self.criterion(out, targets, pmap, **kwargs)
+        b = len(targets)
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=b)
+        self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=b)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)
+        return losses["loss"]
+
+    def _prompted_forward(self, source: str, feats: ImageFeatures, prompt: "PromptBatch",
+                          targets: list[dict[str, Any]]
+                          ) -> tuple[DetectorOutput, list[dict[str, Any]], torch.Tensor]:  # fmt: skip
+        """One training forward with the step's prompt source → (output, targets with
+        ``cat_index`` into that prompt's categories, positive map (B, C, T))."""
+        b = len(targets)
+        if source == "visual" and not any(len(t["boxes"]) for t in targets):
+            source = "text"  # nothing to show as a prompt in this batch
+        if source == "universal":  # every box is "object"
+            text = self.detector.universal_memory(b)  # raises without a universal prompt
+            targets = [{**t, "cat_index": torch.zeros_like(t["cat_index"])} for t in targets]
+            pmap, n_cat = self.detector.universal_prompt.positive_map(b), [1] * b
+        elif source == "visual":
+            label_ids = [ids.to(self.device) for ids in prompt.label_ids]
+            keys = [ids[t["cat_index"]] for ids, t in zip(label_ids, targets, strict=True)]
+            prompts, group_ids = group_prompts([t["boxes"] for t in targets], keys,
+                                               self._generator(3))  # fmt: skip
+            ids, vectors = average_by_category(
+                self.detector.encode_visual_prompts(feats, prompts), group_ids
+            )
+            targets = [{**t, "cat_index": torch.searchsorted(ids, label_ids[i][t["cat_index"]])}
+                       for i, t in enumerate(targets)]  # fmt: skip
+            pmap = torch.eye(len(ids), device=self.device)[None].expand(b, -1, -1)
+            n_cat = [len(ids)] * b
+        else:
+            text = self.encode_prompt(prompt)
+            pmap, n_cat = prompt.positive_map, [len(x) for x in prompt.label_ids]
+        dn = DNRequest([t["boxes"] for t in targets], [t["cat_index"] for t in targets], n_cat,
+                       self._generator(0), pmap)  # fmt: skip
+        if source == "visual":
+            out = self.detector.forward_visual(feats, vectors[None].expand(b, -1, -1), dn)
+        else:
+            out = self.detector.forward_features(feats, text, dn)
+        return out, targets, pmap
+
+    # ---- inference ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def detect(self, feats: ImageFeatures, prompts: "list[PromptBatch] | None",
+               orig_sizes: Sequence[tuple[int, int]], image_sizes: Sequence[tuple[int, int]],
+               visual: tuple[torch.Tensor, torch.Tensor] | None = None,
+               num_select: int | None = None) -> list[dict[str, torch.Tensor]]:  # fmt: skip
+        """Detections per image with masks/keypoints when the heads run.
+
+        Prompt source: ``visual`` = (category ids (C,), prompt vectors (C, d)) if given; else the
+        text ``prompts`` (chunked passes); else the universal prompt (prompt-free, label 0).
+        """
+        n = feats.src.shape[0]
+        parts: list[list[PassOutput]] = [[] for _ in range(n)]
+        if visual is not None:
+            ids, vectors = visual
+            out = self.detector.forward_visual(feats, vectors[None].expand(n, -1, -1))
+            eye = torch.eye(len(ids), device=vectors.device)
+            for b in range(n):
+                parts[b].append(PassOutput(out, b, eye, ids))
+        elif prompts is not None:
+            for prompt in prompts:
+                index = prompt.image_index.to(feats.src.device)
+                out = self.detector.forward_features(
+                    feats.select(index), self.encode_prompt(prompt)
+                )
+                for k, b in enumerate(prompt.image_index.tolist()):
+                    c = len(prompt.label_ids[k])
+                    parts[b].append(PassOutput(out, k, prompt.positive_map[k, :c],
+                                               prompt.label_ids[k].to(feats.src.device)))  # fmt: skip
+        else:
+            out = self.detector.forward_features(feats, self.detector.universal_memory(n))
+            pmap = self.detector.universal_prompt.positive_map(1)[0]
+            zero = torch.zeros(1, dtype=torch.long, device=feats.src.device)
+            for b in range(n):
+                parts[b].append(PassOutput(out, b, pmap, zero))
+        k = num_select or self.hparams.num_select
+        return [self.postprocess(p, tuple(orig_sizes[b]), tuple(image_sizes[b]), k,
+                                 self.hparams.nms_iou) for b, p in enumerate(parts)]  # fmt: skip
+
+    @torch.no_grad()
+    def visual_prompt_bank(self, feats: ImageFeatures, boxes: list[torch.Tensor],
+                           keys: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Example boxes[b] (K_b, 4) cxcywh with category keys[b] on the images of ``feats`` →
+        (category ids (C,), prompt vectors (C, d) averaged over the example images)."""
+        prompts, group_keys = group_prompts(boxes, keys)
+        return average_by_category(self.detector.encode_visual_prompts(feats, prompts), group_keys)
+
+    # ---- evaluation ---------------------------------------------------------------------------
+    def _extra_metric(self, kind: str, prefix: str) -> nn.Module:
+        key = f"{kind}__{prefix}"
+        if key not in self.extra_metrics:
+            if kind == "kpt":
+                metric = KeypointAP(self.hparams.keypoint_sigmas, self.hparams.keypoint_select)
+            elif kind == "mask":
+                metric = MeanAveragePrecision(iou_type="segm", backend="pycocotools")
+            else:
+                metric = _map_metric()
+            self.extra_metrics[key] = metric.to(self.device)
+        return self.extra_metrics[key]
+
+    @staticmethod
+    def _ground_truth(batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+        """Targets in original-image pixels: boxes xyxy, labels (category ids), masks, keypoints."""
+        gts = []
+        for t, meta in zip(batch["targets"], batch["meta"], strict=True):
+            h, w = meta["orig_size"]
+            xyxy = box_convert(t["boxes"].float(), "cxcywh", "xyxy")
+            gt = {"boxes": xyxy * xyxy.new_tensor([w, h, w, h]), "labels": t["category_id"]}
+            if "masks" in t:
+                m = t["masks"]
+                gt["masks"] = (F.interpolate(m[None].float(), size=(h, w), mode="nearest")[0] > 0
+                               if len(m) else m.new_zeros(0, h, w, dtype=torch.bool))  # fmt: skip
+            if "keypoints" in t:
+                kp = t["keypoints"].float()
+                gt["keypoints"] = torch.cat([kp[..., :2] * kp.new_tensor([w, h]), kp[..., 2:]], -1)
+            gts.append(gt)
+        return gts
+
+    def _evaluate(self, batch: dict[str, Any], prefix: str) -> None:
+        sizes = [m["orig_size"] for m in batch["meta"]]
+        image_sizes = [m["size"] for m in batch["meta"]]
+        feats = self.detector.image_features(batch["images"], batch["pad_mask"])
+        gts = self._ground_truth(batch)
+        preds = self.detect(feats, batch["prompts"], sizes, image_sizes)
+        if prefix not in self.metrics:
+            self.metrics[prefix] = _map_metric().to(self.device)
+        self.metrics[prefix].update(preds, gts)
+        self._update_heads(preds, gts, prefix)
+        if "universal" in self.hparams.eval_prompts:
+            agnostic = self.detect(feats, None, sizes, image_sizes, num_select=100)
+            self._extra_metric("agnostic", prefix).update(
+                agnostic, [{**g, "labels": torch.zeros_like(g["labels"])} for g in gts]
+            )
+        bank = getattr(self, "banks", {}).get(prefix)
+        if "visual" in self.hparams.eval_prompts and bank is not None:
+            self._evaluate_visual(batch, feats, preds, gts, prefix, bank)
+
+    def _update_heads(self, preds: list[dict[str, torch.Tensor]],
+                      gts: list[dict[str, torch.Tensor]], prefix: str) -> None:  # fmt: skip
+        """Mask AP on each image's best ``mask_select`` detections; class-agnostic OKS AP on
+        its best ``keypoint_select`` distinct queries."""
+        if all("masks" in p for p in preds) and all("masks" in g for g in gts):
+            top = [{"masks": p["masks"], **{k: p[k][: len(p["masks"])]
+                                            for k in ("scores", "labels")}} for p in preds]  # fmt: skip
+            self._extra_metric("mask", prefix).update(top, gts)
+        if all("keypoints" in p for p in preds) and all("keypoints" in g for g in gts):
+            picked = []
+            for p in preds:
+                keep = unique_instances(p, self.hparams.keypoint_select)
+                picked.append({"keypoints": p["keypoints"][keep], "scores": p["scores"][keep]})
+            self._extra_metric("kpt", prefix).update(picked, gts)
+
+    def _evaluate_visual(self, batch: dict[str, Any], feats: ImageFeatures,
+                         text_preds: list[dict[str, torch.Tensor]],
+                         gts: list[dict[str, torch.Tensor]], prefix: str,
+                         bank: tuple[torch.Tensor, torch.Tensor, set]) -> None:  # fmt: skip
+        """Visual-prompt AP on the images that gave no exemplar, over the prompted categories;
+        the text-prompt predictions of the same images, restricted to those categories, are
+        scored alongside (``visual_text``)."""
+        ids, vectors, used = bank
+        keep = [b for b, m in enumerate(batch["meta"]) if m["image_id"] not in used]
+        if not keep:
+            return
+        index = torch.tensor(keep, device=feats.src.device)
+        preds = self.detect(feats.select(index), None,
+                            [batch["meta"][b]["orig_size"] for b in keep],
+                            [batch["meta"][b]["size"] for b in keep], visual=(ids, vectors))  # fmt: skip
+        restricted, text = [], []
+        for b in keep:
+            g, p = gts[b], text_preds[b]
+            on = torch.isin(g["labels"], ids)
+            restricted.append({"boxes": g["boxes"][on], "labels": g["labels"][on]})
+            hit = torch.isin(p["labels"], ids)
+            text.append({k: p[k][hit] for k in ("boxes", "scores", "labels")})
+        self._extra_metric("visual", prefix).update(
+            [{k: p[k] for k in ("boxes", "scores", "labels")} for p in preds], restricted
+        )
+        self._extra_metric("visual_text", prefix).update(text, restricted)
+
+    def _build_banks(self, loaders: Any, prefixes: Sequence[str]) -> dict[str, tuple]:
+        """Per loader: visual prompts from the GT boxes of its first ``visual_exemplar_images``
+        images → (category ids, averaged vectors, the image ids used)."""
+        loaders = loaders if isinstance(loaders, list | tuple) else [loaders]
+        banks = {}
+        for i, loader in enumerate(loaders):
+            vectors, keys, used = [], [], set()
+            remaining = self.hparams.visual_exemplar_images
+            for batch in loader:
+                if remaining <= 0:
+                    break
+                batch = self.transfer_batch_to_device(batch, self.device, i)
+                r = min(remaining, len(batch["targets"]))
+                remaining -= r
+                targets = batch["targets"][:r]
+                used.update(m["image_id"] for m in batch["meta"][:r])
+                prompts, group_keys = group_prompts([t["boxes"] for t in targets],
+                                                    [t["category_id"] for t in targets])  # fmt: skip
+                if not len(group_keys):
+                    continue
+                feats = self.detector.image_features(batch["images"][:r], batch["pad_mask"][:r])
+                vectors.append(self.detector.encode_visual_prompts(feats, prompts))
+                keys.append(group_keys)
+            if vectors:
+                ids, means = average_by_category(torch.cat(vectors), torch.cat(keys))
+                banks[self._prefix(prefixes, i)] = (ids, means, used)
+        return banks
+
+    def on_validation_epoch_start(self) -> None:
+        if "visual" in self.hparams.eval_prompts:
+            with torch.no_grad():
+                self.banks = self._build_banks(self.trainer.val_dataloaders,
+                                               self.hparams.val_prefixes)  # fmt: skip
+
+    def on_test_epoch_start(self) -> None:
+        if "visual" in self.hparams.eval_prompts:
+            with torch.no_grad():
+                self.banks = self._build_banks(self.trainer.test_dataloaders,
+                                               self.hparams.test_prefixes)  # fmt: skip
+
+    def _log_metrics(self) -> None:
+        super()._log_metrics()
+        names = {"agnostic": "agnostic_mAP", "visual": "visual_mAP", "visual_text": "visual_text_mAP",
+                 "mask": "mask_mAP", "kpt": "kpt_AP"}  # fmt: skip
+        for key, metric in self.extra_metrics.items():
+            if not metric.update_called:
+                continue
+            kind, prefix = key.split("__")
+            result = metric.compute()
+            self.log(f"{prefix}/{names[kind]}", result["map"].float())
+            self.log(f"{prefix}/{names[kind]}_50", result["map_50"].float())
+            if kind == "agnostic":
+                self.log(f"{prefix}/agnostic_mAR_100", result["mar_100"].float())
+            metric.reset()
