@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from omegaconf import Container, OmegaConf
 from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_convert
@@ -88,6 +89,8 @@ class DINOXDetectorLitModule(GroundingDetectorLitModule):
         )
         trainable = None if trainable is None else [str(p) for p in trainable]
         frozen, keypoint_sigmas = [str(p) for p in frozen], [float(s) for s in keypoint_sigmas]
+        base = {k: OmegaConf.to_container(v) if isinstance(v, Container) else v
+                for k, v in base.items()}  # fmt: skip
         for source in [*train_prompts, *eval_prompts]:
             if source not in PROMPT_SOURCES:
                 raise ValueError(f"unknown prompt source {source!r}; expected {PROMPT_SOURCES}")
