@@ -23,7 +23,7 @@ import torchvision
 from pycocotools import mask as mask_utils
 from torchvision.io import write_png
 
-from datamodules.components.coco_odvg import boxes_from_masks
+from datamodules.components.detection_augment import boxes_from_masks
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),

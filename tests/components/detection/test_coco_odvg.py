@@ -12,12 +12,11 @@ from torchvision.ops import box_convert
 
 from datamodules.components.coco_odvg import (
     AnnotationError,
-    DetectionAugment,
     GroundingDataset,
-    boxes_from_masks,
     read_coco,
     read_odvg,
 )
+from datamodules.components.detection_augment import DetectionAugment, boxes_from_masks
 from datamodules.components.synthetic_scenes import (
     KEYPOINT_FLIP_INDEX,
     SyntheticScenes,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.ops import masks_to_boxes
 
-from datamodules.components.coco_odvg import boxes_from_masks
+from datamodules.components.detection_augment import boxes_from_masks
 from datamodules.components.synthetic_scenes import (
     SPLITS,
     SceneConfig,
