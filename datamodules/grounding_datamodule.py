@@ -20,12 +20,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.components.captions import CaptionSampler, build_caption
-from datamodules.components.coco_odvg import (
-    DetectionAugment,
-    GroundingDataset,
-    read_coco,
-    read_odvg,
-)
+from datamodules.components.coco_odvg import GroundingDataset, read_coco, read_odvg
+from datamodules.components.detection_augment import DetectionAugment
 from datamodules.components.detection_collate import DetectionCollate
 from datamodules.components.synthetic_scenes import (
     SceneConfig,
@@ -86,7 +82,8 @@ class GroundingDataModule(ResumableDataModule):
     Args:
         data_dir: root of the MNIST/Fashion-MNIST raw files (synthetic items).
         batch_size, num_workers, seed: as ``ResumableDataModule``.
-        synthetic: {dir, n_train, n_val, seed, canvas_size} to render the benchmark, or None.
+        synthetic: {dir, n_train, n_val, seed, canvas_size, and optionally min_items, max_items,
+            min_scale, max_scale (``SceneConfig``)} to render the benchmark, or None.
         train_odvg: {jsonl, label_map, image_root} of user training data (overrides synthetic).
         val_coco: {split name: {json, image_root}} of user validation data (overrides synthetic).
         tokenizer: the text encoder name (the collate tokenises with its tokenizer).
@@ -132,7 +129,15 @@ class GroundingDataModule(ResumableDataModule):
         s = {"dir": str(Path(self.data_dir) / "grounding_synthetic"), "n_train": 2000,
              "n_val": 200, "seed": 0, "canvas_size": 256, **(self.synthetic or {})}  # fmt: skip
         name = f"seed{s['seed']}_train{s['n_train']}_val{s['n_val']}_px{s['canvas_size']}"
+        scene = self._scene_config()
+        if scene != SceneConfig(canvas_size=scene.canvas_size):  # non-default scenes: own folder
+            name += f"_items{scene.min_items}-{scene.max_items}_scale{scene.min_scale}-{scene.max_scale}"
         return Path(s["dir"]) / name
+
+    def _scene_config(self) -> SceneConfig:
+        """``SceneConfig`` from ``synthetic``: canvas_size and optional min/max items/scale."""
+        keys = ("canvas_size", "min_items", "max_items", "min_scale", "max_scale")
+        return SceneConfig(**{k: int(v) for k, v in (self.synthetic or {}).items() if k in keys})
 
     def prepare_data(self) -> None:
         """Renders the synthetic benchmark once (marker file ``done.json`` written last)."""
@@ -143,7 +148,7 @@ class GroundingDataModule(ResumableDataModule):
             return
         s = self.synthetic
         scenes = SyntheticScenes(self.data_dir, seed=int(s.get("seed", 0)),
-                                 config=SceneConfig(canvas_size=int(s.get("canvas_size", 256))))  # fmt: skip
+                                 config=self._scene_config())  # fmt: skip
         prev = torch.get_num_threads()
         torch.set_num_threads(1)  # rendering is ~7x faster single-threaded
         try:
