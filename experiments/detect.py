@@ -8,7 +8,7 @@ checkpoint of ``experiments/train.py`` (its stored run config rebuilds the model
 ``--experiment`` config is built with random weights (a smoke test of the pipeline).
 
 DINO-X models (``experiment=gdino_dinox_*``) also detect without text: ``--prompt-free`` uses
-the universal prompt (every object, phrase "object"); ``--visual-prompt IMAGE:x1,y1,x2,y2`` (or
+the universal prompt (every object, phrase "object"; ``--prompt "<prompt_free>"`` too); ``--visual-prompt IMAGE:x1,y1,x2,y2`` (or
 ``IMAGE:x,y`` for a point; append ``:name`` to name the category; repeatable, prompts of one name
 are averaged) shows the category by example boxes on other images. Their masks and keypoints are
 drawn in the overlay; keypoints also go to the JSON.
@@ -33,6 +33,7 @@ from torchvision.utils import draw_bounding_boxes, draw_keypoints, draw_segmenta
 
 from datamodules.components.detection_collate import build_prompt_chunks, pad_images
 from experiments.errors import UserFacingError, exit_on_user_error
+from lightning_modules.components.detection.prompts import PROMPT_FREE
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -327,6 +328,8 @@ def _json(det: Detection) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     """The CLI's work: returns the JSON document it prints."""
+    if args.prompt == [PROMPT_FREE]:  # the DINO-X API's special prompt text
+        args.prompt, args.prompt_free = [], True
     visual_args = [parse_visual_prompt(v) for v in args.visual_prompt]
     if bool(args.prompt) + args.prompt_free + bool(visual_args) != 1:
         raise UserFacingError("give exactly one of --prompt, --prompt-free or --visual-prompt")

@@ -2,6 +2,7 @@
 its own, prompt-tuning that changes only the universal prompt, exact resume with every head on,
 and bad input to detect.py."""
 
+import json
 import math
 import re
 from pathlib import Path
@@ -156,6 +157,11 @@ def test_detect_rejects_bad_prompts(tmp_path: Path, micro_overrides: list[str], 
             detect_main([str(image), *extra, *args])
         assert exit_info.value.code == 2
         assert re.search(message, capsys.readouterr().err), extra
+    # the DINO-X API's special prompt text routes to the universal prompt
+    detect_main([str(image), "--prompt", "<prompt_free>", "--box-threshold", "0", *args,
+                 "--output-json", str(tmp_path / "free.json")])  # fmt: skip
+    free = json.loads((tmp_path / "free.json").read_text())["images"][0]["detections"]
+    assert free and {d["phrase"] for d in free} == {"object"} and len(free[0]["keypoints"]) == 5
     base = ["--experiment", "gdino_tiny_synthetic", "--size", "128", "--output-dir", str(tmp_path)]
     for o in micro_overrides[1:]:
         base += ["--override", o]
