@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import lightning as L
+import torch
 
 from experiments.compose import compose_run_config as compose_config  # noqa: F401 (re-export)
 
@@ -47,3 +48,17 @@ def with_extra_callback(callback: L.Callback):
         return [*inst.instantiate_callbacks(cfg, run_config), callback]
 
     return build
+
+
+def randomise_bn(model: "torch.nn.Module", seed: int) -> "torch.nn.Module":
+    """Random γ, β and running statistics in every BatchNorm2d (far from the identity); eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(1 + 0.5 * torch.randn(n, generator=gen, dtype=torch.float64))
+                m.bias.copy_(0.5 * torch.randn(n, generator=gen, dtype=torch.float64))
+                m.running_mean.copy_(0.5 * torch.randn(n, generator=gen, dtype=torch.float64))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=gen, dtype=torch.float64))
+    return model.eval()

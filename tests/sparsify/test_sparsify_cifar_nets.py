@@ -41,3 +41,14 @@ def test_cifar_nets_prune_end_to_end(model: str, tmp_path: Path) -> None:
     if model == "resnet18":  # stage channels are residual-tied and kept (spec §3)
         assert [b.conv2.out_channels for b in slim.net.blocks] == [64, 64, 128, 128, 256, 256,
                                                                    512, 512]  # fmt: skip
+
+
+def test_resnet18_joint_stage_pruning_end_to_end(tmp_path: Path) -> None:
+    """``prune.resnet_stage=joint`` shrinks the residual stream; the slim checkpoint rebuilds it."""
+    overrides = [*TINY, "model=resnet18", NETS["resnet18"], "prune.resnet_stage=joint"]
+    result = sparsify(compose_config("sparsify", overrides, tmp_path))
+    slim = SparseCNNLitModule.load_from_checkpoint(tmp_path / "pruned.ckpt")
+    stages = [b.conv2.out_channels for b in slim.net.blocks[::2]]
+    assert stages == [r["n_kept"] for r in result["layers"] if r["producer"].startswith("stage")]
+    assert sum(stages) < 64 + 128 + 256 + 512
+    assert sum(p.numel() for p in slim.net.parameters()) == result["pruned_params"]

@@ -14,8 +14,8 @@ BLOCKS_PER_STAGE = 2
 class BasicBlock(nn.Module):
     """conv3x3 → BN → ReLU → conv3x3 → BN, plus an identity or 1x1 conv+BN shortcut, then ReLU.
 
-    ``mid`` is the block-internal width (conv1's filters); entropic pruning shrinks it while the
-    residual-tied ``in_planes``/``planes`` stay fixed.
+    ``mid`` is the block-internal width (conv1's filters), which entropic pruning shrinks; the
+    residual-tied ``in_planes``/``planes`` shrink only with joint stage pruning.
     """
 
     def __init__(self, in_planes: int, planes: int, stride: int, mid: int | None = None) -> None:
@@ -42,6 +42,8 @@ class ResNet18(nn.Module):
 
     Args:
         internal_widths: the 8 block-internal widths in forward order (None = the stage width).
+        stage_widths: the 4 residual-stream widths (stem = stage 1); None = (64, 128, 256, 512).
+            Joint stage pruning (``prune.resnet_stage=joint``) shrinks them.
 
     Input (B, in_channels, 32, 32) → logits (B, num_classes).
     """
@@ -51,17 +53,21 @@ class ResNet18(nn.Module):
         internal_widths: Sequence[int] | None = None,
         in_channels: int = 3,
         num_classes: int = 10,
+        stage_widths: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         n_blocks = len(STAGE_WIDTHS) * BLOCKS_PER_STAGE
         mids = list(internal_widths) if internal_widths is not None else [None] * n_blocks
         if len(mids) != n_blocks:
             raise ValueError(f"ResNet18 needs {n_blocks} internal widths, got {len(mids)}")
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        stages = [int(w) for w in (STAGE_WIDTHS if stage_widths is None else stage_widths)]
+        if len(stages) != len(STAGE_WIDTHS):
+            raise ValueError(f"ResNet18 needs {len(STAGE_WIDTHS)} stage widths, got {len(stages)}")
+        self.conv1 = nn.Conv2d(in_channels, stages[0], 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stages[0])
         blocks: list[nn.Module] = []
-        in_planes = 64
-        for stage, (planes, stride) in enumerate(zip(STAGE_WIDTHS, STAGE_STRIDES, strict=True)):
+        in_planes = stages[0]
+        for stage, (planes, stride) in enumerate(zip(stages, STAGE_STRIDES, strict=True)):
             for i in range(BLOCKS_PER_STAGE):
                 mid = mids[stage * BLOCKS_PER_STAGE + i]
                 blocks.append(BasicBlock(in_planes, planes, stride if i == 0 else 1, mid))

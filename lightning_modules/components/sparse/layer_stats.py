@@ -129,6 +129,7 @@ def accumulate_layer_stats(
     max_rows: int = 200_000,
     holdout_frac: float = 0.1,
     seed: int = 0,
+    target_channels: torch.Tensor | None = None,
 ) -> tuple[LayerStats, LayerStats | None]:
     """Fit and held-out statistics of one consumer layer.
 
@@ -140,6 +141,8 @@ def accumulate_layer_stats(
         n_images: number of calibration images, to spread ``max_rows`` evenly over images.
         group_size: columns per input channel (k·k for conv; H·W for a flatten→linear; 1).
         holdout_frac: fraction of rows (random) held out for restart selection.
+        target_channels: original output channels the consumer still has (when an earlier step
+            already pruned its outputs, e.g. a conv2 that also writes a ResNet stage); None = all.
 
     Returns:
         (fit stats, held-out stats or None if no row was held out).
@@ -151,6 +154,8 @@ def accumulate_layer_stats(
     for images in batches():
         x_in = _capture(input_net, consumer, images, want_input=True)
         y_out = _capture(target_net, consumer, images, want_input=False)
+        if target_channels is not None:
+            y_out = y_out[:, target_channels.to(y_out.device)]
         cols, ys = _as_rows(layer, x_in, y_out)
         batch, _, n_pos = cols.shape
         if ys.shape[-1] != n_pos:

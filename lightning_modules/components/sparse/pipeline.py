@@ -5,6 +5,9 @@ partly pruned network, or the original with ``input_source=original``; targets a
 original), choose the kept channels with the configured selector, refit the consumer on them and
 remove the rest physically. Baseline selectors (group-LASSO, L1-norm, random) run through the
 same statistics, refit and surgery, optionally at per-layer widths taken from another run.
+With ``resnet_stage=joint`` ResNet-18's stage groups join the plan, each placed at its first
+consumer in forward order; targets of a consumer whose outputs an earlier step already removed
+are restricted to the channels it still has.
 """
 
 import copy
@@ -17,14 +20,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lightning_modules.components.cnn import ResNet18
 from lightning_modules.components.sparse.baselines import l1_norm_select, random_select
 from lightning_modules.components.sparse.budget import (
     counts_for_frac,
     keep_frac_for_param_sparsity,
 )
 from lightning_modules.components.sparse.calibration import calibration_batches
-from lightning_modules.components.sparse.channel_surgery import remove_channels
-from lightning_modules.components.sparse.entropic_solver import solve_layer
+from lightning_modules.components.sparse.channel_surgery import (
+    remove_channels,
+    remove_group_channels,
+)
+from lightning_modules.components.sparse.entropic_solver import solve_group, solve_layer
 from lightning_modules.components.sparse.group_lasso import bisect_alpha, group_lasso
 from lightning_modules.components.sparse.keep_rules import select_channels
 from lightning_modules.components.sparse.layer_stats import LayerStats, accumulate_layer_stats
@@ -35,6 +42,11 @@ from lightning_modules.components.sparse.prunable_pairs import (
 )
 from lightning_modules.components.sparse.prune_config import PruneConfig
 from lightning_modules.components.sparse.refit import refit_weights
+from lightning_modules.components.sparse.stage_groups import (
+    StageGroup,
+    consumer_group_size,
+    resnet_stage_groups,
+)
 
 WidthsSpec = Mapping[str, int] | Sequence[int] | str | Path
 
@@ -175,16 +187,87 @@ def entropic_sparsify(
         batches, n_images = calibration_batches(
             calib, expected_input_shape(original), type(original).__name__, batch_size, like
         )
-        report = [
-            _prune_pair(original, net, pair, i, counts[i], batches, n_images, cfg)
-            for i, pair in enumerate(pairs)
-        ]
+        steps: list[tuple[PrunablePair | StageGroup, int | None]] = list(
+            zip(pairs, counts, strict=True)
+        )
+        if cfg.resnet_stage == "joint" and isinstance(net, ResNet18):
+            steps = _in_forward_order(net, [*steps, *((g, None) for g in resnet_stage_groups(net))])
+        out_kept: dict[str, torch.Tensor] = {}  # original output channels left, per pruned layer
+        report = []
+        for i, (step, n_keep) in enumerate(steps):
+            if isinstance(step, StageGroup):
+                report.append(
+                    _prune_group(original, net, step, i, batches, n_images, cfg, out_kept)
+                )
+            else:
+                report.append(
+                    _prune_pair(original, net, step, i, n_keep, batches, n_images, cfg, out_kept)
+                )
     finally:
         original.train(was_training)
     return net, report
 
 
-def _prune_pair(original, net, pair, idx, n_keep, batches, n_images, cfg) -> LayerReport:
+def _in_forward_order(net: nn.Module, steps: list) -> list:
+    """Sort plan steps by the module position of their first consumer (stable)."""
+    position = {name: i for i, (name, _) in enumerate(net.named_modules())}
+
+    def first_consumer(item) -> int:
+        step = item[0]
+        if isinstance(step, StageGroup):
+            return min(position[c.layer] for c in step.consumers)
+        return position[step.consumer]
+
+    return sorted(steps, key=first_consumer)
+
+
+def _record_kept(out_kept: dict[str, torch.Tensor], net, layer: str, keep: torch.Tensor) -> None:
+    """Compose ``keep`` (current numbering) with what ``layer`` kept before (original numbering)."""
+    n_now = net.get_submodule(layer).weight.shape[0]
+    before = out_kept.get(layer, torch.arange(n_now))
+    out_kept[layer] = before[keep.cpu()]
+
+
+def _layer_stats(original, net, consumer, group, idx, batches, n_images, cfg, out_kept):
+    source = original if cfg.input_source == "original" else net
+    return accumulate_layer_stats(
+        source, original, consumer, batches, n_images, group,
+        cfg.max_rows, cfg.holdout_frac, cfg.seed + idx, out_kept.get(consumer),
+    )  # fmt: skip
+
+
+def _prune_group(original, net, group, idx, batches, n_images, cfg, out_kept) -> LayerReport:
+    """Joint entropic selection of a ResNet stage group, refit of every consumer, surgery."""
+    start = time.perf_counter()
+    n_channels = net.get_submodule(group.producers[0][0]).weight.shape[0]
+    fits, helds = [], []
+    for consumer in group.consumers:
+        size = consumer_group_size(net, consumer.layer)
+        fit, held = _layer_stats(
+            original, net, consumer.layer, size, idx, batches, n_images, cfg, out_kept
+        )
+        fits.append(fit)
+        helds.append(held)
+    res = solve_group(fits, cfg, helds)
+    for conv, _ in group.producers:
+        _record_kept(out_kept, net, conv, res.kept)
+    remove_group_channels(net, group, res.kept, res.weights, res.biases)
+    return LayerReport(
+        producer=group.name,
+        consumer=",".join(c.layer for c in group.consumers),
+        selector=cfg.selector,
+        n_channels=n_channels,
+        n_kept=res.kept.numel(),
+        kept=res.kept.tolist(),
+        objective=res.objective,
+        heldout_objective=res.heldout_objective,
+        iterations=res.iterations,
+        seconds=time.perf_counter() - start,
+        rows=sum(f.T for f in fits),
+    )
+
+
+def _prune_pair(original, net, pair, idx, n_keep, batches, n_images, cfg, out_kept) -> LayerReport:
     """Statistics → selection → refit → surgery for one pair of ``net`` (modified in place)."""
     start = time.perf_counter()
     n_channels = net.get_submodule(pair.producer).weight.shape[0]
@@ -195,12 +278,11 @@ def _prune_pair(original, net, pair, idx, n_keep, batches, n_images, cfg) -> Lay
         group = consumer.kernel_size[0] * consumer.kernel_size[1]
     else:
         group = pair.flatten_group_size
-    source = original if cfg.input_source == "original" else net
-    stats, held = accumulate_layer_stats(
-        source, original, pair.consumer, batches, n_images, group,
-        cfg.max_rows, cfg.holdout_frac, cfg.seed + idx,
-    )  # fmt: skip
+    stats, held = _layer_stats(
+        original, net, pair.consumer, group, idx, batches, n_images, cfg, out_kept
+    )
     choice = _choose(net, pair, idx, stats, held, cfg, n_keep)
+    _record_kept(out_kept, net, pair.producer, choice.kept)
     remove_channels(net, pair, choice.kept, choice.weight, choice.bias)
     return LayerReport(
         producer=pair.producer,

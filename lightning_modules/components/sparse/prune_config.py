@@ -14,6 +14,7 @@ _CHOICES = {
     "init": ("uniform", "corr"),
     "input_source": ("pruned", "original"),
     "selector": ("entropic", "group_lasso", "l1_norm", "random"),
+    "resnet_stage": ("internal", "joint"),
 }
 
 
@@ -29,7 +30,8 @@ class PruneConfig:
     (top ⌈``keep_frac``·C_in⌉, or a uniform fraction bisected to ``target_param_sparsity``);
     never fewer than max(``min_channels``, ⌈``min_keep_frac``·C_in⌉) channels.
     Pipeline: ``refit``, ``input_source``, ``selector``, ``max_rows``, ``holdout_frac``,
-    ``group_lasso_alpha`` (automatic group-LASSO), ``seed``.
+    ``group_lasso_alpha`` (automatic group-LASSO), ``seed``; ``resnet_stage`` internal (keep
+    ResNet's residual-tied stage channels) or joint (one w per stage, entropic + auto mode only).
     """
 
     entropy_sign: int = 1
@@ -59,6 +61,7 @@ class PruneConfig:
     holdout_frac: float = 0.1
     group_lasso_alpha: float | None = None
     seed: int = 0
+    resnet_stage: str = "internal"
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():
@@ -73,6 +76,11 @@ class PruneConfig:
             )
         if self.entropy_sign not in (1, -1):
             raise ValueError(f"prune.entropy_sign must be +1 or -1, got {self.entropy_sign}")
+        if self.resnet_stage == "joint" and (self.selector != "entropic" or self.mode != "auto"):
+            raise ValueError(
+                "prune.resnet_stage=joint is implemented for selector=entropic in mode=auto "
+                f"(got selector={self.selector}, mode={self.mode})"
+            )
         if self.w_solver == "newton" and self.entropy_sign != 1:
             raise ValueError("prune.w_solver=newton needs entropy_sign=+1 (convex w-step)")
         self._check_fractions()

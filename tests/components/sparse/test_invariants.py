@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from helpers import randomise_bn
 from torch import nn
 
 from lightning_modules.components.cnn import VGG16BN, LeNet5, ResNet18
@@ -19,17 +20,6 @@ from lightning_modules.components.sparse.prune_config import PruneConfig
 
 SMALL_VGG = [8, "M", 8, "M", 16, "M", 16, "M", 16, "M"]
 FAST = {"restarts": 1, "max_iter": 20}
-
-
-def _bn_randomised(model: nn.Module, seed: int) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                for t in (m.weight, m.bias, m.running_mean):
-                    t.copy_(torch.randn(t.shape, generator=gen, dtype=t.dtype))
-                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=gen).double())
-    return model.eval()
 
 
 @pytest.mark.parametrize(
@@ -62,7 +52,7 @@ def test_keep_rules_respect_the_floors():
 
 def test_producer_bn_holds_the_kept_channels_original_values():
     torch.manual_seed(0)
-    model = _bn_randomised(VGG16BN(plan=SMALL_VGG).double(), seed=1)
+    model = randomise_bn(VGG16BN(plan=SMALL_VGG).double(), seed=1)
     images = torch.randn(32, 3, 32, 32, dtype=torch.float64)
     cfg = PruneConfig(mode="budget", keep_frac=0.5, **FAST)
     pruned, report = entropic_sparsify(model, images, cfg)
@@ -91,7 +81,7 @@ def _rebuild_and_compare(pruned: nn.Module, shape: tuple[int, ...]) -> None:
 
 def test_slim_checkpoint_reloads_into_rebuilt_vgg_and_lenet():
     torch.manual_seed(0)
-    vgg = _bn_randomised(VGG16BN(plan=SMALL_VGG).double(), seed=2)
+    vgg = randomise_bn(VGG16BN(plan=SMALL_VGG).double(), seed=2)
     pruned, _ = entropic_sparsify(vgg, torch.randn(16, 3, 32, 32, dtype=torch.float64),
                                   PruneConfig(**FAST))  # fmt: skip
     _rebuild_and_compare(pruned, (3, 32, 32))
@@ -103,7 +93,7 @@ def test_slim_checkpoint_reloads_into_rebuilt_vgg_and_lenet():
 
 def test_slim_checkpoint_reloads_into_rebuilt_resnet():
     torch.manual_seed(0)
-    model = _bn_randomised(ResNet18().double(), seed=3)
+    model = randomise_bn(ResNet18().double(), seed=3)
     pruned = copy.deepcopy(model)
     gen = torch.Generator().manual_seed(4)
     for pair in prunable_pairs(pruned):

@@ -9,26 +9,13 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import randomise_bn
 from torch import nn
 
 from lightning_modules.components.cnn import VGG16BN, LeNet5, LeNet5Caffe, ResNet18
 from lightning_modules.components.sparse.channel_surgery import remove_channels
 from lightning_modules.components.sparse.prunable_pairs import prunable_pairs
 from lightning_modules.components.sparse.refit import kept_columns
-
-
-def randomise_bn(model: nn.Module, seed: int) -> nn.Module:
-    """Random γ, β and running statistics, so BN is far from the identity; eval mode."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(1 + 0.5 * torch.randn(n, generator=gen, dtype=torch.float64))
-                m.bias.copy_(0.5 * torch.randn(n, generator=gen, dtype=torch.float64))
-                m.running_mean.copy_(0.5 * torch.randn(n, generator=gen, dtype=torch.float64))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=gen, dtype=torch.float64))
-    return model.eval()
 
 
 def random_keep(n: int, gen: torch.Generator) -> torch.Tensor:
