@@ -1,6 +1,7 @@
 """GroundingDataModule: renders the synthetic benchmark, reads it back, batches with captions
 and chunked category lists, and draws every sample from its (index, seed) key."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,23 @@ def test_user_paths_and_missing_file(tmp_path: Path, datamodule: GroundingDataMo
     )  # fmt: skip
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         missing.setup("fit")
+
+
+def test_scene_parameters_reach_the_renderer(tmp_path: Path) -> None:
+    """min/max items and scales in ``synthetic`` shape the scenes and name their own folder
+    (items from the scikit-learn digits: tmp_path has no MNIST)."""
+    synthetic = {"dir": str(tmp_path), "n_train": 6, "n_val": 1, "canvas_size": 64,
+                 "min_items": 2, "max_items": 2, "min_scale": 20, "max_scale": 24}  # fmt: skip
+    dm = GroundingDataModule(str(tmp_path), synthetic=synthetic, tokenizer="tiny-random")
+    assert dm.synthetic_dir().name == "seed0_train6_val1_px64_items2-2_scale20-24"
+    default = GroundingDataModule(str(tmp_path), synthetic={**synthetic, "min_items": 1,
+                                  "max_items": 6, "min_scale": 24, "max_scale": 112})  # fmt: skip
+    assert default.synthetic_dir().name == "seed0_train6_val1_px64"
+    dm.prepare_data()
+    lines = (dm.synthetic_dir() / "train.odvg.jsonl").read_text().splitlines()
+    for line in lines:
+        instances = json.loads(line)["detection"]["instances"]
+        assert 1 <= len(instances) <= 2  # an occluded item may be dropped
+        for inst in instances:
+            x1, y1, x2, y2 = inst["bbox"]
+            assert max(x2 - x1, y2 - y1) <= 24
