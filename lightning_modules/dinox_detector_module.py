@@ -187,8 +187,9 @@ class DINOXDetectorLitModule(GroundingDetectorLitModule):
             keys = [ids[t["cat_index"]] for ids, t in zip(label_ids, targets, strict=True)]
             prompts, group_ids = group_prompts([t["boxes"] for t in targets], keys,
                                                self._generator(3))  # fmt: skip
+            memory = self.detector.universal_encoding(feats)  # shared by prompts and search
             ids, vectors = average_by_category(
-                self.detector.encode_visual_prompts(feats, prompts), group_ids
+                self.detector.encode_visual_prompts(feats, prompts, memory), group_ids
             )
             targets = [{**t, "cat_index": torch.searchsorted(ids, label_ids[i][t["cat_index"]])}
                        for i, t in enumerate(targets)]  # fmt: skip
@@ -200,7 +201,7 @@ class DINOXDetectorLitModule(GroundingDetectorLitModule):
         dn = DNRequest([t["boxes"] for t in targets], [t["cat_index"] for t in targets], n_cat,
                        self._generator(0), pmap)  # fmt: skip
         if source == "visual":
-            out = self.detector.forward_visual(feats, vectors[None].expand(b, -1, -1), dn)
+            out = self.detector.forward_visual(feats, vectors[None].expand(b, -1, -1), dn, memory)
         else:
             out = self.detector.forward_features(feats, text, dn)
         return out, targets, pmap

@@ -168,3 +168,22 @@ def test_detect_rejects_bad_prompts(tmp_path: Path, micro_overrides: list[str], 
     with pytest.raises(SystemExit):
         detect_main([str(image), "--prompt-free", *base])
     assert "need a DINO-X model" in capsys.readouterr().err
+
+
+def test_stage2_starts_from_stage1_with_the_backbone_frozen(
+    tmp_path: Path, micro_overrides: list[str]
+) -> None:
+    steps = ["trainer.max_steps=2", "trainer.limit_val_batches=0", "~callbacks.model_checkpoint",
+             "callbacks.periodic_checkpoint.every_n_train_steps=2"]  # fmt: skip
+    train(compose_config("train", [*dinox_overrides(micro_overrides), *steps], tmp_path / "s1"))
+    stage1 = tmp_path / "s1" / "checkpoints" / "last.ckpt"
+    overrides = [*dinox_overrides(micro_overrides), "experiment=gdino_dinox_stage2_synthetic",
+                 *steps, f"model.init_checkpoint={stage1}"]  # fmt: skip
+    train(compose_config("train", overrides, tmp_path / "s2"))
+    before = torch.load(stage1, weights_only=True)["state_dict"]
+    after = torch.load(tmp_path / "s2" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert after["global_step"] == 2, "fresh step count: initialised, not resumed"
+    changed = {k for k, v in after["state_dict"].items() if not torch.equal(v, before[k])}
+    assert changed and not any(k.startswith("detector.backbone.") for k in changed)
+    assert any(k.startswith("detector.keypoint_head.") for k in changed)
+    assert "detector.universal_prompt.embedding" in changed  # a universal step ran

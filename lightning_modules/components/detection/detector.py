@@ -207,19 +207,27 @@ class GroundingDetector(nn.Module):
             )
         return self.universal_prompt(batch_size)
 
-    def encode_visual_prompts(self, feats: ImageFeatures, prompts: VisualPrompts) -> torch.Tensor:
-        """Prompt boxes/points on the images of ``feats`` → one vector per group (G, d)."""
+    def universal_encoding(self, feats: ImageFeatures) -> torch.Tensor:
+        """Encoder memory (B, S, d) with the universal prompt as text stream (visual prompts)."""
+        return self.encoder(feats, self.universal_memory(feats.src.shape[0]))[0]
+
+    def encode_visual_prompts(self, feats: ImageFeatures, prompts: VisualPrompts,
+                              memory: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """Prompt boxes/points on the images of ``feats`` → one vector per group (G, d);
+        ``memory``: their ``universal_encoding`` if already computed."""
         if self.visual_prompt is None:
             raise ValueError("visual prompts need model.detector.visual_prompt to be set")
-        memory, _ = self.encoder(feats, self.universal_memory(feats.src.shape[0]))
+        memory = self.universal_encoding(feats) if memory is None else memory
         return self.visual_prompt(memory, feats, prompts)
 
     def forward_visual(self, feats: ImageFeatures, vectors: torch.Tensor,
-                       dn: DNRequest | None = None) -> DetectorOutput:  # fmt: skip
+                       dn: DNRequest | None = None,
+                       memory: torch.Tensor | None = None) -> DetectorOutput:  # fmt: skip
         """Detection with visual prompt vectors (B, C, d) as the text memory (spec §12.2): the
-        encoder runs with the universal prompt, then query selection, the decoder's text
-        cross-attention and the head see one token per prompted category."""
-        memory, _ = self.encoder(feats, self.universal_memory(feats.src.shape[0]))
+        encoder runs with the universal prompt (or ``memory`` is its output), then query
+        selection, the decoder's text cross-attention and the head see one token per prompted
+        category."""
+        memory = self.universal_encoding(feats) if memory is None else memory
         mask = torch.ones(vectors.shape[:2], dtype=torch.bool, device=vectors.device)
         return self.decode(feats, memory, vectors, mask, dn)
 
