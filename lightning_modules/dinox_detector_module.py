@@ -20,17 +20,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from omegaconf import Container, OmegaConf
 from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
-from torchvision.ops import box_convert
 
 from lightning_modules.components.detection.detector import DNRequest, GroundingDetector
 from lightning_modules.components.detection.dinox_inference import (
     DINOXPostProcess,
     PassOutput,
     group_prompts,
+    pixel_targets,
     unique_instances,
 )
 from lightning_modules.components.detection.keypoint_ap import KeypointAP
@@ -39,6 +38,7 @@ from lightning_modules.components.detection.text_encoder import TextEncoder
 from lightning_modules.components.detection.visual_prompt import (
     average_by_category,
 )
+from lightning_modules.components.freezing import freeze, frozen_paths
 from lightning_modules.components.losses.dinox_criterion import DINOXCriterion
 from lightning_modules.components.losses.set_criterion import SetCriterion
 from lightning_modules.dinov2_checkpoint import read_state_dict, sub_state
@@ -98,7 +98,8 @@ class DINOXDetectorLitModule(GroundingDetectorLitModule):
             logger=False, ignore=["detector", "text_encoder", "criterion", "optimizer"]
         )
         self.postprocess = DINOXPostProcess(mask_select, keypoint_select)
-        self.frozen_modules = self._freeze(trainable, frozen)
+        self.frozen_modules = frozen_paths(self, "detector", trainable, frozen)
+        freeze(self, self.frozen_modules)
         self.extra_metrics = nn.ModuleDict()
 
     def setup(self, stage: str) -> None:
@@ -118,31 +119,6 @@ class DINOXDetectorLitModule(GroundingDetectorLitModule):
             )
 
     # ---- freezing -----------------------------------------------------------------------------
-    def _freeze(self, trainable: list[str] | None, frozen: list[str]) -> list[str]:
-        """Sets requires_grad=False on the frozen modules; returns their paths."""
-        names = [n for n, _ in self.named_modules()]
-        for path in [*(trainable or []), *frozen]:
-            if path not in names:
-                raise ValueError(f"no module {path!r} to train/freeze (e.g. detector.backbone)")
-        paths = list(frozen)
-        if trainable is not None:
-            keep = tuple(trainable)
-            for name, _ in self.detector.named_children():
-                path = f"detector.{name}"
-                if path in keep:
-                    continue
-                below = [t for t in keep if t.startswith(path + ".")]
-                if below:
-                    module = self.get_submodule(path)
-                    paths += [f"{path}.{c}" for c, _ in module.named_children()
-                              if not any(t == f"{path}.{c}" or t.startswith(f"{path}.{c}.")
-                                         for t in below)]  # fmt: skip
-                else:
-                    paths.append(path)
-        for path in paths:
-            self.get_submodule(path).requires_grad_(False)
-        return paths
-
     def train(self, mode: bool = True) -> "DINOXDetectorLitModule":
         """Frozen modules stay in eval mode (no drop-path or dropout) while the rest trains."""
         super().train(mode)
@@ -266,29 +242,11 @@ class DINOXDetectorLitModule(GroundingDetectorLitModule):
             self.extra_metrics[key] = metric.to(self.device)
         return self.extra_metrics[key]
 
-    @staticmethod
-    def _ground_truth(batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
-        """Targets in original-image pixels: boxes xyxy, labels (category ids), masks, keypoints."""
-        gts = []
-        for t, meta in zip(batch["targets"], batch["meta"], strict=True):
-            h, w = meta["orig_size"]
-            xyxy = box_convert(t["boxes"].float(), "cxcywh", "xyxy")
-            gt = {"boxes": xyxy * xyxy.new_tensor([w, h, w, h]), "labels": t["category_id"]}
-            if "masks" in t:
-                m = t["masks"]
-                gt["masks"] = (F.interpolate(m[None].float(), size=(h, w), mode="nearest")[0] > 0
-                               if len(m) else m.new_zeros(0, h, w, dtype=torch.bool))  # fmt: skip
-            if "keypoints" in t:
-                kp = t["keypoints"].float()
-                gt["keypoints"] = torch.cat([kp[..., :2] * kp.new_tensor([w, h]), kp[..., 2:]], -1)
-            gts.append(gt)
-        return gts
-
     def _evaluate(self, batch: dict[str, Any], prefix: str) -> None:
         sizes = [m["orig_size"] for m in batch["meta"]]
         image_sizes = [m["size"] for m in batch["meta"]]
         feats = self.detector.image_features(batch["images"], batch["pad_mask"])
-        gts = self._ground_truth(batch)
+        gts = pixel_targets(batch["targets"], batch["meta"])
         preds = self.detect(feats, batch["prompts"], sizes, image_sizes)
         if prefix not in self.metrics:
             self.metrics[prefix] = _map_metric().to(self.device)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torchvision.ops import box_convert
 
 from lightning_modules.components.detection.outputs import DetectorOutput
 from lightning_modules.components.detection.postprocess import ChunkPrediction, postprocess_image
@@ -54,6 +55,26 @@ def group_prompts(boxes: list[torch.Tensor], keys: list[torch.Tensor],
         torch.tensor(image_index, **long), torch.tensor(group, **long),
     )  # fmt: skip
     return prompts, torch.tensor(group_keys, **long)
+
+
+def pixel_targets(targets: list[dict], metas: list[dict]) -> list[dict[str, torch.Tensor]]:
+    """Collated targets (normalised boxes/keypoints, masks at the resized size) → the original
+    image's pixels: boxes (G, 4) xyxy, labels = category ids, masks (G, H, W) bool nearest-
+    resized, keypoints (G, K, 3) (x, y, v) — the format of the AP metrics."""
+    gts = []
+    for t, meta in zip(targets, metas, strict=True):
+        h, w = meta["orig_size"]
+        xyxy = box_convert(t["boxes"].float(), "cxcywh", "xyxy")
+        gt = {"boxes": xyxy * xyxy.new_tensor([w, h, w, h]), "labels": t["category_id"]}
+        if "masks" in t:
+            m = t["masks"]
+            gt["masks"] = (F.interpolate(m[None].float(), size=(h, w), mode="nearest")[0] > 0
+                           if len(m) else m.new_zeros(0, h, w, dtype=torch.bool))  # fmt: skip
+        if "keypoints" in t:
+            kp = t["keypoints"].float()
+            gt["keypoints"] = torch.cat([kp[..., :2] * kp.new_tensor([w, h]), kp[..., 2:]], -1)
+        gts.append(gt)
+    return gts
 
 
 def unique_instances(det: dict[str, torch.Tensor], limit: int) -> torch.Tensor:
