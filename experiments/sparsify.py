@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.checkpoints import module_from_checkpoint, save_module_checkpoint
-from experiments.errors import exit_on_user_error
+from experiments.errors import UserFacingError, exit_on_user_error
 from experiments.instantiate import apply_runtime_settings, close_loggers, instantiate_loggers
 from experiments.plots import kept_channels_chart
 from experiments.summary import format_summary
@@ -32,6 +32,13 @@ from lightning_modules.components.sparse.prunable_pairs import expected_input_sh
 from lightning_modules.components.sparse.prune_config import PruneConfig
 from lightning_modules.sparse_cnn_module import SparseCNNLitModule
 
+# report.headline → the result key shown first and used as the x axis of sparsity curves
+HEADLINE_KEYS = {
+    "params": "param_sparsity",
+    "channels": "channel_sparsity",
+    "flops": "flop_sparsity",
+}
+
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 
 
@@ -41,6 +48,10 @@ def sparsify(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     prune_cfg = PruneConfig(**OmegaConf.to_container(cfg.prune, resolve=True))
+    if cfg.report.headline not in HEADLINE_KEYS:
+        raise UserFacingError(
+            f"report.headline must be one of {sorted(HEADLINE_KEYS)}, got {cfg.report.headline!r}"
+        )
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     loggers = instantiate_loggers(cfg, None)
@@ -55,6 +66,8 @@ def sparsify(cfg: DictConfig) -> dict[str, Any]:
         counts = sparsity_report(pruned_net, dense.net, expected_input_shape(dense.net))
         module = _sparse_module(cfg, pruned_net, layers, counts)
         result.update(_counts(counts))
+        result["headline"] = cfg.report.headline
+        result["headline_sparsity"] = result[HEADLINE_KEYS[cfg.report.headline]]
         result["pruned_test_acc"] = _test_acc(cfg, module, datamodule)
         if cfg.finetune.epochs > 0:
             _finetune(cfg, module, datamodule, loggers)
@@ -67,8 +80,8 @@ def sparsify(cfg: DictConfig) -> dict[str, Any]:
         failed = False
     finally:
         close_loggers(loggers, failed)
-    headline = {k: v for k, v in result.items() if isinstance(v, float)}
-    print(format_summary(headline, {"pruned checkpoint": str(out / "pruned.ckpt")}))
+    scalars = {k: v for k, v in result.items() if isinstance(v, float)}
+    print(format_summary(scalars, {"pruned checkpoint": str(out / "pruned.ckpt")}))
     return result
 
 
@@ -175,7 +188,8 @@ def _save(cfg: DictConfig, module, result: dict[str, Any], out: Path, loggers) -
         [layer["n_channels"] for layer in layers],
         [layer["n_kept"] for layer in layers],
         out / "kept_channels.png",
-        f"{type(module.net).__name__}: {result['param_sparsity']:.1f}% params removed",
+        f"{type(module.net).__name__}: {result['headline_sparsity']:.1f}% "
+        f"{result['headline']} removed",
     )
     scalars = {f"sparsify/{k}": v for k, v in result.items() if isinstance(v, float | int)}
     for logger in loggers:
