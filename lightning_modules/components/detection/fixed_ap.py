@@ -12,11 +12,13 @@ import io
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchmetrics import Metric
 
 _NO_CAP = 10**9  # per-image detection limit handed to COCOeval: never binds
+_RANK_STRIDE = 10**9  # image ids of rank r start at r · stride
 
 
 def top_k_per_class(labels: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -45,14 +47,14 @@ class FixedAP(Metric):
             self.add_state(name, default=[], dist_reduce_fx="cat")
         for name in ("gt_boxes", "gt_labels", "gt_image"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
-        self.add_state("num_images", default=torch.tensor(0), dist_reduce_fx="sum")
 
     def update(self, preds: list[dict[str, torch.Tensor]],
                targets: list[dict[str, torch.Tensor]]) -> None:  # fmt: skip
         """preds[b]: boxes (N, 4) xyxy pixels, scores (N,), labels (N,); targets[b]: boxes
         (G, 4) xyxy pixels, labels (G,) (the ``MeanAveragePrecision`` input format)."""
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         for p, t in zip(preds, targets, strict=True):
-            image = int(self.num_images)
+            image = rank * _RANK_STRIDE + len(self.gt_image)  # unique over ranks after a sync
             self.pred_boxes.append(p["boxes"].float().reshape(-1, 4))
             self.pred_scores.append(p["scores"].float().reshape(-1))
             self.pred_labels.append(p["labels"].long().reshape(-1))
@@ -60,7 +62,6 @@ class FixedAP(Metric):
             self.gt_boxes.append(t["boxes"].float().reshape(-1, 4))
             self.gt_labels.append(t["labels"].long().reshape(-1))
             self.gt_image.append(torch.full_like(self.gt_labels[-1], image))
-            self.num_images += 1
 
     def compute(self) -> dict[str, torch.Tensor]:
         def cat(xs: list[torch.Tensor] | torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -72,7 +73,7 @@ class FixedAP(Metric):
         labels, images = cat(self.pred_labels, (0,)).long(), cat(self.pred_image, (0,)).long()
         keep = top_k_per_class(labels, scores, self.top_k)
         gt = _coco_gt(cat(self.gt_boxes, (0, 4)), cat(self.gt_labels, (0,)).long(),
-                      cat(self.gt_image, (0,)).long(), int(self.num_images))  # fmt: skip
+                      cat(self.gt_image, (0,)).long(), images)  # fmt: skip
         stats = _evaluate(gt, boxes[keep], scores[keep], labels[keep], images[keep])
         return {
             k: torch.tensor(v, dtype=torch.float64)
@@ -86,7 +87,9 @@ def _xywh(boxes: torch.Tensor) -> np.ndarray:
     return out
 
 
-def _coco_gt(boxes: torch.Tensor, labels: torch.Tensor, images: torch.Tensor, n: int) -> COCO:
+def _coco_gt(boxes: torch.Tensor, labels: torch.Tensor, images: torch.Tensor,
+             pred_images: torch.Tensor) -> COCO:  # fmt: skip
+    """A pycocotools ground truth over every image id that has a GT box or a detection."""
     xywh = _xywh(boxes)
     anns = [
         {"id": i + 1, "image_id": int(images[i]), "category_id": int(labels[i]),
@@ -95,7 +98,7 @@ def _coco_gt(boxes: torch.Tensor, labels: torch.Tensor, images: torch.Tensor, n:
     ]  # fmt: skip
     gt = COCO()
     gt.dataset = {
-        "images": [{"id": i} for i in range(n)],
+        "images": [{"id": int(i)} for i in torch.cat([images, pred_images]).unique()],
         "annotations": anns,
         "categories": [{"id": int(c)} for c in labels.unique()],
     }
