@@ -10,18 +10,25 @@
 3. At that point's per-layer widths, run the L1-norm, random and group-LASSO selectors (same
    pipeline, same refit, same fine-tune), and global unstructured magnitude pruning at the same
    % parameters (masks only: no speed-up).
-4. Print markdown tables and save ``results.json`` and ``curve.png`` under ``--out``.
+4. With ``--seeds``, repeat step 3 (entropic at the chosen ρ, ε_E and the baselines at its
+   widths) for every seed: the seed sets the calibration subset, the random selector and the
+   fine-tune's data order. Print mean ± std over seeds.
+5. Print markdown tables, save ``results.json`` and ``curve.png`` under ``--out`` and log the
+   curve with its table to an offline W&B run.
 """
 
 import argparse
 import itertools
 import json
 import os
+import re
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 
+from experiments.benchmarks.sparsity_curve import log_to_wandb, table_rows
 from experiments.checkpoints import module_from_checkpoint
 from experiments.compose import compose_run_config
 from experiments.plots import sparsity_accuracy_curve
@@ -51,13 +58,19 @@ def run_point(args, name: str, overrides: list[str]) -> dict:
     return result
 
 
-def magnitude_baseline(args, param_sparsity: float) -> dict:
+def magnitude_baseline(args, param_sparsity: float, seed: int | None = None) -> dict:
     """Global unstructured L1 magnitude at the same % params, fine-tuned with its masks."""
+    name = "global_magnitude_unstructured" + ("" if seed is None else f"_seed{seed}")
+    cached = Path(args.out) / name / "result.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
     module, _run_config = module_from_checkpoint(args.dense_ckpt)
+    seeded = [] if seed is None else [f"seed={seed}"]
     cfg = compose_run_config(
-        "sparsify", [f"experiment={args.experiment}", f"torch_threads={args.threads}"],
-        Path(args.out) / "magnitude",
+        "sparsify", [f"experiment={args.experiment}", f"torch_threads={args.threads}", *seeded],
+        Path(args.out) / name,
     )  # fmt: skip
+    L.seed_everything(cfg.seed)
     datamodule = instantiate(cfg.data)
     n_dense = count_params(module.net)
     global_magnitude_prune(module.net, param_sparsity / 100.0)
@@ -71,12 +84,56 @@ def magnitude_baseline(args, param_sparsity: float) -> dict:
     make_magnitude_pruning_permanent(module.net)
     after = trainer.test(module, datamodule=datamodule, verbose=False)[0]["test/acc"]
     zeros = sum(int((p == 0).sum()) for p in module.net.parameters())
-    return {
-        "name": "global_magnitude_unstructured",
+    result = {
+        "name": name,
         "param_sparsity": 100.0 * zeros / n_dense,
         "pruned_test_acc": 100.0 * before,
         "finetuned_test_acc": 100.0 * after,
     }
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(result))
+    return result
+
+
+def equal_budget(args, rho, eps, seed: int | None) -> list[dict]:
+    """Entropic at (ρ, ε_E), then every baseline at its per-layer widths / % params."""
+    suffix, seeded = ("", []) if seed is None else (f"_seed{seed}", [f"seed={seed}"])
+    tag = f"rho{rho}_eps{eps}"
+    chosen = run_point(
+        args,
+        f"entropic_chosen_{tag}{suffix}",
+        [f"prune.rho={rho}", f"prune.eps_entropy={eps}", *seeded],
+    )
+    widths = Path(args.out) / f"widths_{tag}{suffix}.json"
+    widths.write_text(json.dumps({lay["producer"]: lay["n_kept"] for lay in chosen["layers"]}))
+    baselines = [
+        run_point(
+            args,
+            f"{sel}_widths_of_{tag}{suffix}",
+            [f"prune.selector={sel}", f"widths_from={widths}", *seeded],
+        )
+        for sel in ("l1_norm", "random", "group_lasso")
+    ]
+    baselines.append(magnitude_baseline(args, chosen["param_sparsity"], seed))
+    return [chosen, *baselines]
+
+
+def seeds_table(runs_per_seed: list[list[dict]], dense_acc: float) -> str:
+    """Mean ± std over seeds of each selector's accuracy before / after fine-tuning."""
+    lines = ["| selector | seeds | params % | acc before FT | acc after FT | Δ after FT |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for i in range(len(runs_per_seed[0])):
+        rows = [runs[i] for runs in runs_per_seed]
+        stats = {}
+        for key in ("param_sparsity", "pruned_test_acc", "finetuned_test_acc"):
+            vals = torch.tensor([r[key] for r in rows], dtype=torch.float64)
+            std = float(vals.std()) if len(rows) > 1 else 0.0
+            stats[key] = (float(vals.mean()), std)
+        name = re.sub(r"_seed\d+$", "", rows[0]["name"]).split("_widths_of")[0].split("_rho")[0]
+        (sp, _), (b, bs), (a, as_) = stats.values()
+        lines.append(f"| {name} | {len(rows)} | {sp:.1f} | {b:.2f} ± {bs:.2f} | {a:.2f} ± {as_:.2f} "
+                     f"| {a - dense_acc:+.2f} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def pick_point(points: list[dict], dense_acc: float, key: str) -> dict:
@@ -116,6 +173,9 @@ def main() -> None:
         default="finetuned",
         help="pick the baseline budget by accuracy after (default) or before fine-tuning",
     )
+    parser.add_argument(
+        "--seeds", default="", help="extra seeds for the equal-budget runs, e.g. 1,2"
+    )
     parser.add_argument("--out", default="logs/benchmarks/sparsify")
     args = parser.parse_args()
     os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[2]))
@@ -136,36 +196,28 @@ def main() -> None:
         else "pruned_test_acc"
     )
     best = pick_point(sweep, dense_acc, key)
-    tag = f"rho{best['prune']['rho']}_eps{best['prune']['eps_entropy']}"
-    widths = Path(args.out) / f"widths_{tag}.json"
-    widths.write_text(json.dumps({lay["producer"]: lay["n_kept"] for lay in best["layers"]}))
-    print(f"chosen: rho={best['prune']['rho']} eps={best['prune']['eps_entropy']} by {key}")
-    chosen = run_point(
-        args,
-        f"entropic_chosen_{tag}",
-        [f"prune.rho={best['prune']['rho']}", f"prune.eps_entropy={best['prune']['eps_entropy']}"],
-    )
-    baselines = [
-        run_point(
-            args, f"{sel}_widths_of_{tag}", [f"prune.selector={sel}", f"widths_from={widths}"]
-        )
-        for sel in ("l1_norm", "random", "group_lasso")
-    ]
-    baselines.append(magnitude_baseline(args, chosen["param_sparsity"]))
+    rho, eps = best["prune"]["rho"], best["prune"]["eps_entropy"]
+    print(f"chosen: rho={rho} eps={eps} by {key}")
+    chosen, *baselines = equal_budget(args, rho, eps, None)
+    per_seed = [equal_budget(args, rho, eps, int(s)) for s in args.seeds.split(",") if s]
     print(f"\ndense test accuracy {dense_acc:.2f} %\n")
     print("### Sweep (entropic, automatic mode)\n")
     print(table(sweep, dense_acc))
     print("\n### Equal budget\n")
     print(table([chosen, *baselines], dense_acc))
+    if per_seed:
+        print(f"\n### Equal budget over seeds (config seed + {args.seeds})\n")
+        print(seeds_table([[chosen, *baselines], *per_seed], dense_acc))
     curves = {
         "entropic, no FT": ([p["param_sparsity"] for p in sweep],
                             [p["pruned_test_acc"] for p in sweep]),
         "entropic, FT": ([p["param_sparsity"] for p in sweep],
                          [p.get("finetuned_test_acc", p["pruned_test_acc"]) for p in sweep]),
     }  # fmt: skip
-    sparsity_accuracy_curve(curves, dense_acc, Path(args.out) / "curve.png", args.experiment)
+    png = sparsity_accuracy_curve(curves, dense_acc, Path(args.out) / "curve.png", args.experiment)
+    log_to_wandb(png, table_rows(sweep), Path(args.out), args.experiment)
     slim = [{k: v for k, v in r.items() if k not in ("layers", "calibration_indices")}
-            for r in [*sweep, chosen, *baselines]]  # fmt: skip
+            for r in [*sweep, chosen, *baselines, *itertools.chain(*per_seed)]]  # fmt: skip
     (Path(args.out) / "results.json").write_text(json.dumps(slim, indent=2))
 
 
