@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from datamodules.components.image_tensors import TORCHVISION_DATASETS
@@ -67,6 +68,8 @@ class PeriodicProbeCallback(L.Callback):
             ``val_size`` below 1 is a fraction of the train split).
         every_n_epochs: run at the end of every N-th epoch (None/0: never).
         every_n_steps: run after every N-th optimizer step (None/0: never).
+        at_train_start: also run when training starts (the network before any update, or the
+            resumed one), e.g. to print the kNN accuracy before and after a short run.
         at_train_end: also run when training ends, unless the last step was just evaluated.
         batch_size: images per backbone forward.
         seed: seeds the subsets and any randomness of the evaluation.
@@ -87,6 +90,7 @@ class PeriodicProbeCallback(L.Callback):
         batch_size: int = 256,
         seed: int = 0,
         backbone_attr: str = BACKBONE_ATTR,
+        at_train_start: bool = False,
     ) -> None:
         self.dataset, self.data_dir, self.image_size = dataset, data_dir, image_size
         self.sizes = {"train_size": train_size, "val_size": val_size, "test_size": test_size}
@@ -95,7 +99,7 @@ class PeriodicProbeCallback(L.Callback):
                 f"probe dataset must be one of {sorted(LABELLED_DATASETS)}, got {dataset!r}"
             )
         self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
-        self.at_train_end = at_train_end
+        self.at_train_start, self.at_train_end = at_train_start, at_train_end
         self.batch_size, self.seed, self.backbone_attr = batch_size, seed, backbone_attr
         self._splits: dict[int, dict[str, LabelledImages]] = {}  # data cache, not state
         self._last_step = -1
@@ -113,8 +117,10 @@ class PeriodicProbeCallback(L.Callback):
         raise NotImplementedError
 
     def publish(self, trainer: L.Trainer, pl_module: L.LightningModule, metrics: dict) -> None:
-        """Send numeric metrics to every logger and ``trainer.callback_metrics``."""
+        """Send numeric metrics to every logger and ``trainer.callback_metrics``, and print them."""
         numeric = {name: float(value) for name, value in metrics.items()}
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in numeric.items())
+        rank_zero_info(f"{type(self).__name__} at step {trainer.global_step}: {shown}")
         for logger in trainer.loggers:
             logger.log_metrics(numeric, step=trainer.global_step)
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in numeric.items()})
@@ -130,6 +136,10 @@ class PeriodicProbeCallback(L.Callback):
         with isolated_evaluation(pl_module), isolated_evaluation(backbone):
             metrics = self.evaluate(backbone)
         self.publish(trainer, pl_module, metrics)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.at_train_start:
+            self.run(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
         step = trainer.global_step

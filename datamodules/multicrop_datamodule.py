@@ -34,6 +34,7 @@ FOLDER_SOURCES = ("image_folder", "flat_folder")
 CROP_DEFAULTS: dict[str, Any] = {
     "global_size": 224, "local_size": 98, "global_scale": (0.32, 1.0),
     "local_scale": (0.05, 0.32), "n_local": 8, "blur_mode": "intended",
+    "color_jitter_p": 0.8, "grayscale_p": 0.2,
 }  # fmt: skip
 MASK_DEFAULTS: dict[str, Any] = {
     "probability": 0.5, "ratio_range": (0.1, 0.5), "min_num_patches": 4,
@@ -93,7 +94,8 @@ class MultiCropDataModule(ResumableDataModule):
         data_dir: torchvision root for datasets; the image folder for folder sources.
         patch_size: backbone patch size; crop sizes are validated against it.
         crops: ``global_size``, ``local_size``, ``global_scale``, ``local_scale``, ``n_local``,
-            ``blur_mode`` (``intended`` | ``reference_code``).
+            ``blur_mode`` (``intended`` | ``reference_code``), ``color_jitter_p`` (0.8),
+            ``grayscale_p`` (0.2).
         masking: ``probability`` (0.5 of the global crops), ``ratio_range`` (0.1, 0.5),
             ``min_num_patches`` (4), ``max_patch_fraction`` (0.5 of N), ``min_aspect`` (0.3).
         eval: ``crop_size`` (None: the global crop size), ``resize_ratio``, ``batch_size``,
@@ -147,6 +149,8 @@ class MultiCropDataModule(ResumableDataModule):
             local_scale=tuple(self.crops["local_scale"]),
             n_local=self.crops["n_local"],
             blur_mode=self.crops["blur_mode"],
+            color_jitter_p=self.crops["color_jitter_p"],
+            grayscale_p=self.crops["grayscale_p"],
             patch_size=patch_size,
         )
         self.collate = self._build_collate()

@@ -4,6 +4,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from hydra.errors import InstantiationException
+
 from datamodules.components.errors import DatasetNotFoundError
 
 
@@ -25,4 +27,11 @@ def exit_on_user_error() -> Iterator[None]:
         yield
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except InstantiationException as err:
+        # Hydra wraps errors raised while building an object from the config (e.g. a head size
+        # that cannot fit a checkpoint); the cause decides whether the user can fix it.
+        if not isinstance(err.__cause__, USER_ERRORS):
+            raise
+        print(f"error: {err.__cause__}", file=sys.stderr)
         sys.exit(2)

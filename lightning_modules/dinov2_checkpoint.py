@@ -12,11 +12,16 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from experiments.errors import CheckpointError
+
 POS_EMBED = "backbone.vit.pos_embed"
 
 
-class DINOv2CheckpointError(ValueError):
-    """A checkpoint is missing, not head-complete (D6), or does not fit the configured model."""
+class DINOv2CheckpointError(CheckpointError, ValueError):
+    """A checkpoint is missing, not head-complete (D6), or does not fit the configured model.
+
+    A user error: the command-line entry points print it as ``error: ...`` and exit with 2.
+    """
 
 
 class PrototypeMismatchError(DINOv2CheckpointError):

@@ -15,6 +15,7 @@ import torch
 from omegaconf import Container, OmegaConf
 from torch import nn
 
+from experiments.errors import UserFacingError
 from lightning_modules.components.losses import (
     DINOLoss,
     KoLeoLoss,
@@ -44,8 +45,12 @@ LOSS_TERMS = ("dino_local", "dino_global", "ibot", "koleo", "loss")
 _SEED_STRIDE = 1_000_003
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss or the gradient norm is NaN/inf: training stops before the broken state is stored."""
+class NonFiniteLossError(UserFacingError, RuntimeError):
+    """The loss or the gradient norm is NaN/inf: training stops before the broken state is stored.
+
+    A user error (the message names the settings to change): the command-line entry points print
+    it as ``error: ...`` and exit with 2.
+    """
 
 
 class DINOv2LitModule(L.LightningModule):

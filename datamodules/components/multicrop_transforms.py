@@ -40,14 +40,19 @@ def to_rgb_uint8(image: Image.Image | torch.Tensor) -> torch.Tensor:
 
 
 def _crop_pipeline(
-    size: int, scale: tuple[float, float], blur_p: float, solarize_p: float
+    size: int,
+    scale: tuple[float, float],
+    blur_p: float,
+    solarize_p: float,
+    color_jitter_p: float = 0.8,
+    grayscale_p: float = 0.2,
 ) -> v2.Compose:
-    """RandomResizedCrop + flip → colour jitter (p 0.8) → grayscale (p 0.2) → blur → solarize."""
+    """RandomResizedCrop + flip → colour jitter → grayscale → blur → solarize."""
     steps: list[Any] = [
         v2.RandomResizedCrop(size, scale=scale, interpolation=InterpolationMode.BICUBIC),
         v2.RandomHorizontalFlip(p=0.5),
-        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-        v2.RandomGrayscale(p=0.2),
+        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=color_jitter_p),
+        v2.RandomGrayscale(p=grayscale_p),
         v2.RandomApply([v2.GaussianBlur(kernel_size=9, sigma=(0.1, 2.0))], p=blur_p),
     ]
     if solarize_p > 0:
@@ -73,6 +78,11 @@ class MultiCropTransform:
         global_scale, local_scale: area ranges of RandomResizedCrop.
         n_local: number of local crops (8; 0 allowed).
         blur_mode: ``intended`` (1.0, 0.1, 0.5), the default, or ``reference_code`` (0.0, 0.9, 0.5).
+        color_jitter_p, grayscale_p: probabilities of colour jitter (0.8) and grayscale (0.2).
+            Tiny grayscale presets set both to 0: on near-binary digits, brightness/contrast
+            jitter dominates a fresh ViT's CLS features and leaves the two views of an image
+            nearly uncorrelated, which keeps the DINO loss at ln K (see
+            ``configs/experiment/dinov2_tiny_digits.yaml``).
         mean, std: normalisation statistics (ImageNet).
         patch_size: optional ViT patch size to validate the crop sizes against.
 
@@ -88,6 +98,8 @@ class MultiCropTransform:
         local_scale: tuple[float, float] = (0.05, 0.32),
         n_local: int = 8,
         blur_mode: BlurMode = "intended",
+        color_jitter_p: float = 0.8,
+        grayscale_p: float = 0.2,
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
         patch_size: int | None = None,
@@ -106,11 +118,12 @@ class MultiCropTransform:
         gs, ls = tuple(global_scale), tuple(local_scale)
         self.n_local = n_local
         self.blur_mode = blur_mode
+        colour = {"color_jitter_p": color_jitter_p, "grayscale_p": grayscale_p}
         self.global_transforms = [
-            _crop_pipeline(global_size, gs, blur1, solarize_p=0.0),
-            _crop_pipeline(global_size, gs, blur2, solarize_p=0.2),
+            _crop_pipeline(global_size, gs, blur1, solarize_p=0.0, **colour),
+            _crop_pipeline(global_size, gs, blur2, solarize_p=0.2, **colour),
         ]
-        self.local_transform = _crop_pipeline(local_size, ls, blur_local, solarize_p=0.0)
+        self.local_transform = _crop_pipeline(local_size, ls, blur_local, 0.0, **colour)
         self.normalise = _normalise(mean, std)
 
     def _crops(self, image: torch.Tensor) -> dict[str, list[torch.Tensor]]:

@@ -63,26 +63,28 @@ def _read_metrics(run_dir: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
 
 
-@pytest.mark.slow  # 150 steps of the real preset: about 1.5 minutes on 2 cores
-@pytest.mark.xfail(
-    strict=True,
-    reason="open bug: the tiny digits preset's DINO loss sits at ln K (uniform collapse, spec §4.6); "
-    "kNN still learns through iBOT/KoLeo. `make train` keeps lenet5_digits until this passes.",
-)
+@pytest.mark.slow  # 150 steps of the real preset: 2-5 minutes on 2 shared cores
 def test_short_run_dino_loss_is_not_stuck_at_ln_k(tmp_path: Path) -> None:
     """The dinov2_tiny_digits preset, shortened: its DINO loss must leave ln K (spec §4.6, §13.14).
 
     Uniform collapse pins dino_local + dino_global at ln K; the early steps of any run sit
-    elsewhere, so only the end of the run is judged.
+    elsewhere, so only the end of the run is judged. With the reference's colour jitter on these
+    near-binary digits the two views of an image hardly correlate and the loss stayed at ln K
+    (see the preset's comment); the teacher's kNN accuracy, printed before and after by the
+    preset, must rise as well.
     """
     steps = 150
     overrides = ["experiment=dinov2_tiny_digits", "data.num_workers=0", f"trainer.max_steps={steps}",
                  "trainer.log_every_n_steps=1", "+trainer.enable_progress_bar=false"]  # fmt: skip
     cfg = compose_config("train", overrides, tmp_path, logger="csv")
     train(cfg)
-    rows = [r for r in _read_metrics(tmp_path) if "train/loss_dino_local" in r]
-    dino = torch.tensor([r["train/loss_dino_local"] + r["train/loss_dino_global"] for r in rows])
+    rows = _read_metrics(tmp_path)
+    losses = [r for r in rows if "train/loss_dino_local" in r]
+    dino = torch.tensor([r["train/loss_dino_local"] + r["train/loss_dino_global"] for r in losses])
     assert len(dino) == steps and torch.isfinite(dino).all()
     late, ln_k = dino[-20:], math.log(cfg.model.dino_head.out_dim)
-    assert (late.mean() - ln_k).abs() > 0.05, f"DINO loss sits at ln K = {ln_k:.3f}: {late}"
+    assert late.mean() < ln_k - 0.05, f"DINO loss sits at ln K = {ln_k:.3f}: {late}"
     assert late.std() > 1e-3, "DINO loss is frozen at a constant"
+    knn = {int(r["step"]): r["probe/knn_top1_k20"] for r in rows if "probe/knn_top1_k20" in r}
+    assert sorted(knn) == [0, steps]
+    assert knn[steps] > knn[0] + 0.05, knn

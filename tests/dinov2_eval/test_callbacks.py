@@ -1,6 +1,7 @@
 """The probe callbacks inside a real ``L.Trainer`` fit: metrics, pictures, no trace in training."""
 
 import csv
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -103,3 +104,16 @@ def test_runs_once_per_optimizer_step_and_keeps_its_step_in_state(tmp_path: Path
     restored = CountingProbe(**DATA)
     restored.load_state_dict(probe.state_dict())
     assert restored.state_dict() == {"last_step": 8}
+
+
+def test_at_train_start_evaluates_the_initial_network_and_prints(tmp_path: Path, caplog) -> None:
+    probe = CountingProbe(**DATA, every_n_epochs=None, at_train_start=True)
+    lightning_logger = logging.getLogger("lightning.pytorch")  # may not propagate to the root
+    lightning_logger.addHandler(caplog.handler)
+    try:
+        fit(tmp_path, [probe], batch_size=4)  # 16 random images: 4 steps per epoch, 2 epochs
+    finally:
+        lightning_logger.removeHandler(caplog.handler)
+    assert probe.steps == [0, 8]  # before the first update, and when training ends
+    printed = [r.getMessage() for r in caplog.records if "CountingProbe at" in r.getMessage()]
+    assert printed == ["CountingProbe at step 0: ", "CountingProbe at step 8: "]

@@ -93,3 +93,19 @@ def test_eval_transform_keeps_256_224_ratio() -> None:
     assert out.shape == (3, 32, 32) and out.dtype == torch.float32
     resize = build_eval_transform(crop_size=224).transforms[1]
     assert resize.size == [256]
+
+
+@pytest.mark.parametrize(("jitter", "gray"), [(0.8, 0.2), (0.0, 0.0)])
+def test_colour_probabilities_configurable(jitter: float, gray: float) -> None:
+    """Colour jitter and grayscale default to the reference's 0.8 / 0.2; 0 disables them."""
+    transform = MultiCropTransform(
+        global_size=16, local_size=8, n_local=1, color_jitter_p=jitter, grayscale_p=gray
+    )
+    for pipeline in [*transform.global_transforms, transform.local_transform]:
+        (jitter_stage,) = [
+            t
+            for t in pipeline.transforms
+            if isinstance(t, v2.RandomApply) and isinstance(t.transforms[0], v2.ColorJitter)
+        ]
+        (gray_stage,) = [t for t in pipeline.transforms if isinstance(t, v2.RandomGrayscale)]
+        assert (jitter_stage.p, gray_stage.p) == (jitter, gray)
