@@ -1,7 +1,7 @@
 """Multi-crop self-supervised data (DINOv2 spec §3) with exact mid-epoch resume.
 
-Sources: an ImageFolder tree (labels optional), a flat folder of images, MNIST, Fashion-MNIST,
-CIFAR-10 or scikit-learn digits (grayscale is replicated to 3 channels). Every random draw is a
+Sources: an ImageFolder tree (labels optional), a flat folder of images, a curation manifest,
+MNIST, Fashion-MNIST, CIFAR-10 or scikit-learn digits (grayscale is replicated to 3 channels). Every random draw is a
 function of (seed, epoch, position): ``SeededEpochSampler`` gives each position a sample seed,
 the crops draw only from it, and the collate derives the batch's block masks from the batch's
 sample seeds, so a resumed run sees exactly the batches an uninterrupted run sees.
@@ -26,11 +26,12 @@ from datamodules.components.image_folder import (
 from datamodules.components.image_tensors import TORCHVISION_DATASETS, load_image_tensors
 from datamodules.components.masking import BlockMaskGenerator
 from datamodules.components.multicrop_collate import MultiCropCollate
+from datamodules.components.multicrop_manifest import ManifestSource
 from datamodules.components.multicrop_transforms import MultiCropTransform, build_eval_transform
 from datamodules.resumable_datamodule import ResumableDataModule
 
 TENSOR_SOURCES = (*TORCHVISION_DATASETS, "digits")
-FOLDER_SOURCES = ("image_folder", "flat_folder")
+FOLDER_SOURCES = ("image_folder", "flat_folder", "manifest")
 CROP_DEFAULTS: dict[str, Any] = {
     "global_size": 224, "local_size": 98, "global_scale": (0.32, 1.0),
     "local_scale": (0.05, 0.32), "n_local": 8, "blur_mode": "intended",
@@ -90,8 +91,9 @@ class MultiCropDataModule(ResumableDataModule):
 
     Args:
         source: ``mnist`` | ``fashion_mnist`` | ``cifar10`` | ``digits`` | ``image_folder`` |
-            ``flat_folder``.
-        data_dir: torchvision root for datasets; the image folder for folder sources.
+            ``flat_folder`` | ``manifest``.
+        data_dir: torchvision root for datasets (and a manifest's torchvision sources); the
+            image folder for folder sources.
         patch_size: backbone patch size; crop sizes are validated against it.
         crops: ``global_size``, ``local_size``, ``global_scale``, ``local_scale``, ``n_local``,
             ``blur_mode`` (``intended`` | ``reference_code``), ``color_jitter_p`` (0.8),
@@ -105,6 +107,8 @@ class MultiCropDataModule(ResumableDataModule):
         use_labels: label ImageFolder trees by class folder.
         subset: keep N evenly spaced training images (quick runs); None: all.
         download: let torchvision download missing data (needs internet).
+        manifest: the manifest ``.csv`` for ``source: manifest`` (e.g. the curated
+            ``<work_dir>/manifest/curated.csv`` of ``experiments/curate.py``).
     """
 
     def __init__(
@@ -123,13 +127,20 @@ class MultiCropDataModule(ResumableDataModule):
         use_labels: bool = True,
         subset: int | None = None,
         download: bool = False,
+        manifest: str | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         if source not in TENSOR_SOURCES + FOLDER_SOURCES:
             raise ValueError(
                 f"data.source must be one of {TENSOR_SOURCES + FOLDER_SOURCES}, got {source!r}"
             )
+        if (source == "manifest") != bool(manifest):
+            raise ValueError(
+                "data.manifest=PATH goes with data.source=manifest (and only with it); got "
+                f"source={source!r}, manifest={manifest!r}"
+            )
         self.source_name = source
+        self.manifest = manifest
         self.data_dir = Path(data_dir)
         self.val_dir = val_dir
         self.use_labels = use_labels
@@ -208,6 +219,8 @@ class MultiCropDataModule(ResumableDataModule):
             return
         if self.source_name in TENSOR_SOURCES:
             self._train_source = self._tensor_source(train=True)
+        elif self.source_name == "manifest":
+            self._train_source = ManifestSource(self.manifest, self.data_dir)
         else:
             layout = "tree" if self.source_name == "image_folder" else "flat"
             self._train_source = ImageFolderSource(self.data_dir, layout, self.use_labels)

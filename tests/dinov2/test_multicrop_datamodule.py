@@ -3,11 +3,13 @@
 import itertools
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import has_real_data
 from PIL import Image
 
+from datamodules.curation.manifest import Manifest, write_manifest
 from datamodules.multicrop_datamodule import MultiCropDataModule
 
 CROPS = {"global_size": 16, "local_size": 8, "n_local": 2}
@@ -109,3 +111,33 @@ def test_fashion_mnist_source() -> None:
     batch = next(iter(dm.train_dataloader()))
     assert batch["global_crops"].shape == (8, 3, 16, 16)
     assert len(dm.knn_val_dataset()) == 10_000
+
+
+def _write_manifest(tmp_path: Path, with_noise: bool) -> Path:
+    """Three labelled 20x20 arrays (npy source) and, optionally, two rows of a noise source."""
+    images = torch.randint(0, 256, (3, 1, 20, 20), dtype=torch.uint8).numpy()
+    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "labels.npy", np.array([4, 5, 6]))
+    sources = {"arrays": {"kind": "npy", "path": str(tmp_path / "images.npy"),
+                          "labels": str(tmp_path / "labels.npy")},
+               "noise": {"kind": "noise", "count": 4, "shape": [3, 24, 24], "seed": 0}}  # fmt: skip
+    rows = [("arrays", 2), ("arrays", 0), ("arrays", 1)] + [("noise", 3), ("noise", 0)] * with_noise
+    names, index = zip(*rows, strict=True)
+    return write_manifest(tmp_path / "curated.csv", Manifest(sources, list(names), list(index)))
+
+
+def test_manifest_source(tmp_path: Path) -> None:
+    """A curation manifest trains on the rows it lists; labels only when every row has one."""
+    path = str(_write_manifest(tmp_path, with_noise=False))
+    labelled = _dm("manifest", ".", manifest=path, batch_size=2)
+    batch = next(iter(labelled.train_dataloader()))
+    assert batch["global_crops"].shape == (4, 3, 16, 16) and batch["local_crops"].shape[0] == 4
+    assert set(batch["labels"].tolist()) <= {4, 5, 6}
+    assert [label for _, label in labelled.knn_train_dataset()] == [6, 4, 5]  # manifest order
+    mixed = _dm("manifest", ".", manifest=str(_write_manifest(tmp_path, with_noise=True)))
+    batch = next(iter(mixed.train_dataloader()))  # 5 rows, batch 4: grayscale and RGB rows
+    assert batch["global_crops"].shape == (8, 3, 16, 16) and "labels" not in batch
+    with pytest.raises(ValueError, match="labelled"):
+        mixed.knn_train_dataset()
+    with pytest.raises(ValueError, match="data.manifest=PATH goes with data.source=manifest"):
+        _dm("manifest", ".")
