@@ -29,7 +29,8 @@ class ManifestImageSource(Dataset):
     """The images of a manifest, in row order.
 
     ``dataset[i]`` or ``dataset[(i, seed)]`` → ``(image, label)``: the uint8 ``(C, H, W)``
-    image (resized to ``image_size`` if set) passed through ``transform`` (called with a
+    image (resized to ``image_size`` if set, grayscale repeated to ``channels`` if set) passed
+    through ``transform`` (called with a
     generator seeded by ``seed`` when the key carries one, e.g. from ``SeededEpochSampler``),
     and the source's label (-1: unlabelled).
 
@@ -44,10 +45,12 @@ class ManifestImageSource(Dataset):
         data_dir: str | Path | None = None,
         transform: Transform | None = None,
         image_size: int | None = None,
+        channels: int | None = None,
     ) -> None:
         self.manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
         self.transform = transform
         self.image_size = image_size
+        self.channels = channels
         used = sorted(set(self.manifest.source.tolist()))
         self.sources: dict[str, ImageSource] = {
             name: open_source(self.manifest.sources[name], data_dir) for name in used
@@ -68,6 +71,12 @@ class ManifestImageSource(Dataset):
         image = self.sources[self.manifest.source[row]].load(int(self.manifest.index[row]))
         if self.image_size is not None and image.shape[-2:] != (self.image_size,) * 2:
             image = v2.functional.resize(image, [self.image_size] * 2, antialias=True)
+        if self.channels is not None and image.shape[0] != self.channels:
+            if image.shape[0] != 1:  # only grayscale can be repeated (e.g. for RGB backbones)
+                raise CurationError(
+                    f"{self.describe(row)} has {image.shape[0]} channels, not 1 or {self.channels}"
+                )
+            image = image.expand(self.channels, -1, -1).contiguous()
         return image
 
     def label(self, row: int) -> int:
@@ -97,6 +106,7 @@ class CuratedDataModule(ResumableDataModule):
         transform: per-image transform ``(image[, generator])`` (e.g. ``MultiCropTransform``);
             None yields uint8 images, which need a common ``image_size`` to be batched.
         collate_fn: batch collation (e.g. ``MultiCropCollate``); None: default collate.
+        channels: repeat grayscale images to this many channels (3 for RGB backbones).
     """
 
     def __init__(
@@ -109,6 +119,7 @@ class CuratedDataModule(ResumableDataModule):
         transform: Transform | None = None,
         collate_fn: Callable | None = None,
         seed: int = 0,
+        channels: int | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         self.save_hyperparameters(logger=False, ignore=["transform", "collate_fn"])
@@ -120,7 +131,7 @@ class CuratedDataModule(ResumableDataModule):
         if self.data_train is None:
             hp = self.hparams
             self.data_train = ManifestImageSource(
-                hp.manifest_path, hp.data_dir, self.transform, hp.image_size
+                hp.manifest_path, hp.data_dir, self.transform, hp.image_size, hp.channels
             )
             if len(self.data_train) == 0:
                 raise CurationError(f"manifest {hp.manifest_path} holds no images")

@@ -2,8 +2,13 @@
 
 Embeddings are L2-normalised float32, so inner product = cosine similarity. Below
 ``ivf_min_size`` database vectors the search is exact (``IndexFlatIP``); above it an
-``IndexIVFFlat`` (inner product, ``nlist ≈ 4·√N`` lists, ``nprobe`` probed) is trained on a
+``IndexIVFFlat`` (inner product, ``nlist ≈ √N`` lists, ``nprobe`` probed) is trained on a
 sample. Queries run in batches and are thresholded at once, so memory holds only the edges.
+
+Why √N lists and a small ``nprobe``: an IVF query costs ``nlist`` centroid products plus
+``nprobe·N/nlist`` scanned vectors, smallest near ``nlist = √(nprobe·N)``; on clustered 384-d
+data at N = 1e6, nlist = 1000 with nprobe = 2 keeps recall@65 ≈ 0.999 of exact search
+(``experiments/benchmarks/curation_scale.py`` measures it).
 """
 
 from dataclasses import dataclass
@@ -21,8 +26,8 @@ class SearchSettings:
     """How faiss searches: index type by size, IVF parameters, query batch, threads."""
 
     ivf_min_size: int = 1_000_000
-    nlist: int | None = None  # None: 4·√N
-    nprobe: int = 16
+    nlist: int | None = None  # None: √N
+    nprobe: int = 2
     batch_size: int = 16_384
     threads: int | None = None  # None: faiss's default (all cores)
     seed: int = 0
@@ -58,11 +63,12 @@ def build_index(database: np.ndarray, settings: SearchSettings = DEFAULT_SEARCH)
     if n < settings.ivf_min_size:
         index = faiss.IndexFlatIP(d)
     else:
-        nlist = settings.nlist or max(1, int(4 * np.sqrt(n)))
+        nlist = settings.nlist or max(1, int(np.sqrt(n)))
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(settings.seed)
-        sample = rng.choice(n, size=min(n, 64 * nlist), replace=False)
+        # 40 points per list: above faiss's 39-per-centroid warning, k-means cost stays small.
+        sample = rng.choice(n, size=min(n, 40 * nlist), replace=False)
         index.train(database[np.sort(sample)])
         index.nprobe = settings.nprobe  # faiss's wrapper keeps a reference to the quantizer
     index.add(database)

@@ -68,3 +68,18 @@ def test_torchvision_source_gives_the_dataset_label() -> None:
     ds = ManifestImageSource(Manifest(spec, ["mnist"], [0]), data_dir=SHARED_DATA)
     image, label = ds[0]
     assert image.shape == (1, 28, 28) and label == 7  # the first MNIST test digit is a 7
+
+
+def test_grayscale_is_repeated_to_the_requested_channels(tmp_path: Path) -> None:
+    ds = ManifestImageSource(_manifest(tmp_path), channels=3)
+    image, _ = ds[0]
+    assert image.shape == (3, 32, 32)
+    assert torch.equal(image[0], image[2]) and torch.equal(image[1], ds.load(0)[1])
+
+
+def test_colour_image_cannot_become_one_channel(tmp_path: Path) -> None:
+    np.save(tmp_path / "rgb.npy", np.zeros((1, 3, 8, 8), np.uint8))
+    spec = {"rgb": {"kind": "npy", "path": str(tmp_path / "rgb.npy")}}
+    ds = ManifestImageSource(Manifest(spec, ["rgb"], [0]), channels=1)
+    with pytest.raises(CurationError, match=r"rgb\[0\].*3 channels"):
+        ds[0]

@@ -72,6 +72,16 @@ def test_index_type_chosen_by_size(unit_rows) -> None:
     assert np.array_equal(ivf.search(x[:20], 5)[1], exact.search(x[:20], 5)[1])
 
 
+def test_ivf_defaults_sqrt_n_lists_and_keeps_planted_duplicates(planted) -> None:
+    x, dups, originals = planted
+    ivf = build_index(x, SearchSettings(ivf_min_size=0))
+    assert isinstance(ivf, faiss.IndexIVFFlat)
+    assert ivf.nlist == int(np.sqrt(len(x))) and ivf.nprobe == SearchSettings().nprobe
+    rows, cols, _ = knn_edges(x, ivf, 64, 0.6, exclude_self=True)
+    labels = graph_components(len(x), rows, cols)
+    assert np.array_equal(labels[dups], labels[originals])
+
+
 def test_batched_search_equals_one_batch(unit_rows) -> None:
     rng = np.random.default_rng(1)
     x = unit_rows(rng.standard_normal((300, 16)))

@@ -1,0 +1,199 @@
+"""Small-scale replication of LVD-142M curation with planted ground truth (issue 5, item 3).
+
+    python experiments/benchmarks/curation_replication.py                    # everything
+    python experiments/benchmarks/curation_replication.py --train-steps 0    # (a), (b) only
+
+Pool: MNIST + Fashion-MNIST train images, planted exact and augmented duplicates, planted copies
+of Fashion-MNIST *test* images, noise; queries: other Fashion-MNIST train images
+(``datamodules/curation/replication.py``). Embeddings: ``curation/backbone`` (default: pixels).
+
+1. Calibration on a held-out set-up (seed ``--calibration-seed``: other images, other planted
+   pairs; the evaluation set-up is never looked at): cosines of its planted pairs against
+   random pairs give the thresholds (``datamodules/curation/calibration.py``), each bounding
+   the false edges per image to ``--false-degree`` (0.05) against the pool (self-dedup) or the
+   evaluation set (relative dedup, never above the self-dedup threshold, as the paper's
+   0.45 < 0.6: a missed test copy is worse than a dropped pool image).
+2. The evaluation set-up (seed ``--seed``) curated with them (``experiments/curate.py``):
+   (a) self-dedup precision / recall on its planted duplicates, (b) planted test copies left.
+3. (c) DINOv2 (``experiment=dinov2_tiny_fashionmnist``) trained ``--train-steps`` steps on the
+   curated manifest and, with the same budget, on as many random pool images, both through
+   ``CuratedDataModule``; the teacher's kNN top-1 on the Fashion-MNIST test set.
+"""
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from datamodules.curation.calibration import (
+    calibrate_threshold,
+    pair_cosines,
+    random_pair_cosines,
+)
+from datamodules.curation.embed import Embeddings, load_embeddings
+from datamodules.curation.manifest import read_manifest, write_manifest
+from datamodules.curation.replication import load_ground_truth
+from experiments.compose import compose_run_config
+from experiments.curate import curate
+from experiments.train import train
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[2]))
+
+
+def _positions(emb: Embeddings, rows: np.ndarray) -> np.ndarray:
+    """Embedding positions of manifest ``rows`` (-1: not embedded, e.g. unreadable)."""
+    position = np.full(max(int(emb.rows.max()), int(rows.max(initial=0))) + 1, -1)
+    position[emb.rows] = np.arange(len(emb.rows))
+    return position[rows]
+
+
+def planted_cosines(work: Path, n_pairs: int) -> dict[str, np.ndarray]:
+    """Cosines of a curated set-up's planted pairs and of ``n_pairs`` random pairs, by kind."""
+    pool = load_embeddings(work / "embed_pool")
+    ev = load_embeddings(work / "embed_eval_fashion_mnist_test")
+    gt = load_ground_truth(work / "replication" / "ground_truth.npz")
+    x, e = np.asarray(pool.vectors), np.asarray(ev.vectors)
+    dup, orig = _positions(pool, gt["duplicate_rows"]), _positions(pool, gt["original_rows"])
+    eval_index = read_manifest(work / "replication" / "eval.csv").index
+    copy_of = _positions(ev, np.searchsorted(eval_index, gt["test_copy_of"]))
+    copy = _positions(pool, gt["test_copy_rows"])
+    rng = np.random.default_rng(0)
+    n = n_pairs
+    return {
+        "exact duplicates": pair_cosines(x[dup[~gt["augmented"]]], x[orig[~gt["augmented"]]]),
+        "augmented duplicates": pair_cosines(x[dup[gt["augmented"]]], x[orig[gt["augmented"]]]),
+        "test copies": pair_cosines(x[copy], e[copy_of]),
+        "random pool pairs": random_pair_cosines(x, n),
+        "random pool-eval pairs": pair_cosines(
+            x[rng.integers(0, len(x), n)], e[rng.integers(0, len(e), n)]
+        ),
+    }
+
+
+def calibrate(
+    cos: dict[str, np.ndarray], pool: int, evals: int, degree: float
+) -> tuple[float, float]:
+    """Self- and relative-dedup thresholds from a calibration set-up's cosines: at most
+    ``degree`` false edges per image against the ``pool`` (self) or the ``evals`` (relative)."""
+    duplicates = np.concatenate([cos["exact duplicates"], cos["augmented duplicates"]])
+    self_t = calibrate_threshold(duplicates, cos["random pool pairs"], 1 - degree / pool)
+    relative_t = calibrate_threshold(
+        np.concatenate([duplicates, cos["test copies"]]),
+        cos["random pool-eval pairs"],
+        1 - degree / evals,
+    )
+    return self_t, min(self_t, relative_t)
+
+
+def run_curation(work: Path, seed: int, extra: list[str]) -> dict[str, float]:
+    cfg = compose_run_config(
+        "curate", [f"seed={seed}", f"work_dir={work}", "curation.search.threads=1", *extra], work
+    )
+    return curate(cfg)
+
+
+def curated_data(data: DictConfig, manifest: Path) -> DictConfig:
+    """The multi-crop preset's crops and masking, served from ``manifest`` by CuratedDataModule."""
+    crops, m = OmegaConf.to_container(data.crops), data.masking
+    grid = data.crops.global_size // data.patch_size
+    return OmegaConf.create({
+        "_target_": "datamodules.curated_datamodule.CuratedDataModule",
+        "manifest_path": str(manifest), "data_dir": data.data_dir,
+        "batch_size": data.batch_size, "num_workers": 0, "image_size": data.image_size,
+        "channels": 3, "seed": data.seed,
+        "transform": {"_target_": "datamodules.components.multicrop_transforms.MultiCropTransform",
+                      **crops, "patch_size": data.patch_size},
+        "collate_fn": {
+            "_target_": "datamodules.components.multicrop_collate.MultiCropCollate",
+            "mask_generator": {
+                "_target_": "datamodules.components.masking.BlockMaskGenerator",
+                "grid_size": grid, "min_num_patches": m.min_num_patches,
+                "max_num_patches": m.max_patch_fraction * grid * grid, "min_aspect": m.min_aspect,
+            },
+            "mask_probability": m.probability, "mask_ratio_range": list(m.ratio_range),
+            "seed": data.seed,
+        },
+    })  # fmt: skip
+
+
+def train_on(manifest: Path, out: Path, a) -> float:
+    """Teacher kNN top-1 (k = 20) on the Fashion-MNIST test set after ``a.train_steps`` steps."""
+    overrides = [
+        "experiment=dinov2_tiny_fashionmnist", f"trainer.max_steps={a.train_steps}",
+        "torch_threads=1", f"seed={a.seed}", "callbacks.knn_eval.at_train_start=false",
+        "callbacks.knn_eval.test_size=null", f"callbacks.knn_eval.train_size={a.knn_bank}",
+    ]  # fmt: skip
+    cfg = compose_run_config("train", overrides, out, logger="csv")
+    OmegaConf.resolve(cfg)  # the model and callbacks read the preset's data keys
+    with open_dict(cfg):
+        cfg.data = curated_data(cfg.data, manifest)
+    return train(cfg)["probe/knn_top1_k20"]
+
+
+def random_manifest(pool_csv: Path, size: int, out: Path, seed: int) -> Path:
+    """``size`` uniformly drawn rows of the uncurated pool."""
+    pool = read_manifest(pool_csv)
+    rows = np.sort(np.random.default_rng(seed).choice(len(pool), size=size, replace=False))
+    return write_manifest(out, pool.select(rows, "random"))
+
+
+def _table(header: list[str], rows: list[list[str]]) -> None:
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--work", type=Path, default=Path("logs/benchmarks/curation_replication"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--calibration-seed", type=int, default=1)
+    p.add_argument("--train-steps", type=int, default=300)
+    p.add_argument("--knn-bank", type=int, default=10_000)
+    p.add_argument("--random-pairs", type=int, default=2_000_000)
+    p.add_argument("--false-degree", type=float, default=0.05, help="false edges per image")
+    p.add_argument("overrides", nargs="*", help="curate.py overrides, e.g. curation/backbone=...")
+    a = p.parse_args()
+    cal = _calibration_run(a)
+    cos = planted_cosines(cal, a.random_pairs)
+    quantiles = (0.01, 0.5, 0.99, 0.999, 0.99999)
+    _table(["calibration pairs", "n", *(f"cos q{q:g}" for q in quantiles)],
+           [[k, str(len(v)), *(f"{np.quantile(v, q):.4f}" for q in quantiles)]
+            for k, v in cos.items()])  # fmt: skip
+    sizes = {k: len(read_manifest(cal / "replication" / f"{k}.csv")) for k in ("pool", "eval")}
+    self_t, rel_t = calibrate(cos, sizes["pool"], sizes["eval"], a.false_degree)
+    thresholds = [f"curation.self_dedup.threshold={self_t:.4f}",
+                  f"curation.relative_dedup.threshold={rel_t:.4f}"]  # fmt: skip
+    print("calibrated:", " ".join(thresholds))
+    m = run_curation(a.work / "evaluation", a.seed, [*a.overrides, *thresholds])
+    rows = [[k, f"{m[k]:.4g}"] for k in (
+        "pool/images", "dedup/precision", "dedup/recall", "dedup/recall_exact",
+        "dedup/recall_augmented", "dedup/false_removals", "self_dedup/kept",
+        "relative_dedup/test_copies_left", "relative_dedup/kept", "curated/images",
+        "retrieval/fashion_share")]  # fmt: skip
+    _table(["replication (evaluation set-up)", "value"], rows)
+    if a.train_steps <= 0:
+        return
+    curated = a.work / "evaluation" / "manifest" / "curated.csv"
+    size = len(read_manifest(curated))
+    uncurated = random_manifest(
+        a.work / "evaluation" / "replication" / "pool.csv", size, a.work / "random.csv", a.seed
+    )
+    knn = {name: train_on(path, a.work / f"train_{name}", a)
+           for name, path in (("curated", curated), ("uncurated", uncurated))}  # fmt: skip
+    _table([f"DINOv2 tiny, {a.train_steps} steps, {size} images", "Fashion-MNIST test kNN top-1"],
+           [[k, f"{v:.4f}"] for k, v in knn.items()])  # fmt: skip
+
+
+def _calibration_run(a) -> Path:
+    work = a.work / "calibration"
+    run_curation(work, a.calibration_seed, list(a.overrides))
+    return work
+
+
+if __name__ == "__main__":
+    main()
