@@ -151,7 +151,7 @@ def stage_times(
     stages: list[tuple[str, nn.Module]], run: Callable[[], None], repeats: int
 ) -> dict[str, float]:
     """Median forward seconds per stage name (summed over its modules and their calls in one
-    ``run``) over ``repeats`` calls of ``run``."""
+    ``run``) over ``repeats`` calls of ``run``, and the median ``total`` of a whole ``run``."""
     spent: dict[str, list[float]] = defaultdict(list)
     starts: dict[str, float] = {}
     handles = []
@@ -166,11 +166,13 @@ def stage_times(
         handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
     try:
         for _ in range(repeats):
+            start = time.perf_counter()
             run()
+            spent["total"].append(time.perf_counter() - start)
     finally:
         for h in handles:
             h.remove()
-    per_call = {}
+    per_call = {"total": statistics.median(spent.pop("total"))}
     for name, values in spent.items():
         calls = len(values) // repeats  # a module may run several times per forward
         per_call[name] = statistics.median(
@@ -252,8 +254,8 @@ def main() -> None:
                  ("decoder", m.decoder)]  # fmt: skip
     t_ours = stage_times(ours_stages, infer_ours, args.repeats)
     t_hf = stage_times(hf_stages, infer_hf, args.repeats)
-    total_ours, total_hf = inf
-    print("\nInference forward by stage (ms per batch; median; rest = heads, glue, post-proc.)")
+    total_ours, total_hf = t_ours.pop("total"), t_hf.pop("total")
+    print("\nInference forward by stage (ms per batch, median; rest = heads and glue)")
     print("| stage | ours | HF |\n|---|---|---|")
     for name, _ in ours_stages:
         a, b = t_ours.get(name), t_hf.get(name)
@@ -261,6 +263,23 @@ def main() -> None:
     rest_ours = total_ours - sum(t_ours.values())
     rest_hf = total_hf - sum(t_hf.values())
     print(f"| rest | {rest_ours * 1000:.1f} | {rest_hf * 1000:.1f} |")
+    print(f"| total | {total_ours * 1000:.1f} | {total_hf * 1000:.1f} |")
+
+    enc, dec = detector.encoder, detector.decoder
+    blocks = [*[("enc: image-text fusion", m) for m in enc.fusion],
+              *[("enc: text self-attention", m) for m in enc.text_layers],
+              *[("enc: deformable self-attention", m.attn) for m in enc.image_layers],
+              *[("enc: FFN", m.ffn) for m in enc.image_layers],
+              *[("dec: self + text attention", m) for layer in dec.layers
+                for m in (layer.self_attn, layer.text_attn)],
+              *[("dec: deformable cross-attention", m.image_attn) for m in dec.layers],
+              *[("dec: FFN", m.ffn) for m in dec.layers]]  # fmt: skip
+    t_blocks = stage_times(blocks, infer_ours, args.repeats)
+    t_blocks.pop("total")
+    print("\nOur transformer by block (inference, ms per batch, median)")
+    print("| block | ms |\n|---|---|")
+    for name, value in t_blocks.items():
+        print(f"| {name} | {value * 1000:.1f} |")
 
 
 if __name__ == "__main__":
