@@ -49,3 +49,15 @@ def test_cpu_presets(experiment: str, tmp_path: Path) -> None:
     if experiment == "dinov2_distill_tiny":
         assert cfg.model.dino_head.out_dim == cfg.model.teacher_heads.dino.out_dim
         assert cfg.model.backbone.drop_path == 0.0 and cfg.data.masking.probability == 0.0
+
+
+def test_tiny_digits_is_the_make_train_default_and_reports_knn(tmp_path: Path) -> None:
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    assert "TRAIN_EXPERIMENT ?= dinov2_tiny_digits" in makefile
+    assert "experiments/train.py experiment=$(TRAIN_EXPERIMENT) $(ARGS)" in makefile
+    cfg = _cfg("dinov2_tiny_digits", tmp_path)
+    knn = cfg.callbacks.knn_eval
+    assert knn.at_train_start and knn.dataset == "digits" and knn.every_n_epochs is None
+    # the settings that keep its DINO loss off ln K (see the preset's comment)
+    assert cfg.data.crops.color_jitter_p == cfg.data.crops.grayscale_p == 0.0
+    assert cfg.model.teacher.temp == cfg.model.teacher.warmup_temp == 0.02
