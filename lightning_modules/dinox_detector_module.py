@@ -100,6 +100,7 @@ class DINOXDetectorLitModule(GroundingDetectorLitModule):
         self.postprocess = DINOXPostProcess(mask_select, keypoint_select)
         self.frozen_modules = frozen_paths(self, "detector", trainable, frozen)
         freeze(self, self.frozen_modules)
+        self.train(self.training)  # frozen modules start in eval mode (Lightning keeps modes)
         self.extra_metrics = nn.ModuleDict()
 
     def setup(self, stage: str) -> None:

@@ -7,6 +7,7 @@ import math
 import re
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from helpers import Crash, CrashAfterStep, compose_config, with_extra_callback
@@ -63,9 +64,20 @@ def test_fast_dev_run_per_extension(tmp_path: Path, micro_overrides: list[str], 
     assert not others & set(metrics), "heads that are off log nothing"
 
 
+class FrozenInEvalMode(L.Callback):
+    """Asserts at every training step that the frozen detector is in eval mode, the prompt not."""
+
+    def on_train_batch_start(self, trainer: L.Trainer, module, *args) -> None:
+        assert not module.detector.encoder.training and not module.detector.decoder.training
+        assert module.detector.universal_prompt.training
+
+
 def test_prompt_tuning_changes_only_the_universal_prompt(
-    tmp_path: Path, micro_overrides: list[str]
+    tmp_path: Path, micro_overrides: list[str], monkeypatch
 ) -> None:
+    monkeypatch.setattr(
+        "experiments.train.instantiate_callbacks", with_extra_callback(FrozenInEvalMode())
+    )
     overrides = [*dinox_overrides(micro_overrides), "experiment=gdino_universal_prompt_tuning",
                  "trainer.max_steps=3", "trainer.limit_val_batches=0", "~callbacks.model_checkpoint",
                  "callbacks.periodic_checkpoint.every_n_train_steps=3"]  # fmt: skip
