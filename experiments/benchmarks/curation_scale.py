@@ -259,14 +259,16 @@ def result_table(results: dict, ns: list[int]) -> tuple[list[list[str]], dict]:
                 tot["cpu"] += r["cpu"]
                 tot["seconds"] += r["seconds"]
                 tot["extrap"] |= extrap
-                ratio = r["cpu"] / prev[1] if prev else float("nan")
-                expo = math.log(ratio) / math.log(n / prev[0]) if prev else float("nan")
+                growth = ["-", "-"]  # the first N measured has no previous N to grow from
+                if prev:
+                    ratio = r["cpu"] / prev[1]
+                    growth = [f"{ratio:.1f}", f"{math.log(ratio) / math.log(n / prev[0]):.2f}"]
                 mark = f" (extrap., N^{r['extrap']:.2f})" if extrap else ""
                 rows.append([
                     op, impl, f"{n:.0e}", f"{r['seconds']:.1f}{mark}", f"{r['cpu']:.1f}{mark}",
                     "-" if extrap else f"{r['load']:.1f}",
                     "-" if extrap else f"{r['peak_extra_mib']:.0f} / {r['peak_mib']:.0f}",
-                    f"{ratio:.1f}", f"{expo:.2f}", "-" if extrap else f"{r['check']:.4g}",
+                    *growth, "-" if extrap else f"{r['check']:.4g}",
                 ])  # fmt: skip
                 prev = (n, r["cpu"])
     return rows, totals
@@ -327,10 +329,12 @@ def main() -> None:
         f, k = totals.get(("faiss", n)), totals.get(("sklearn", n))
         if f is None:
             continue
-        speedup = f"{k['cpu'] / f['cpu']:.1f}" + (" (extrap.)" if k and k["extrap"] else "")
+        sklearn_cols = ["-", "-"]  # sklearn not measured (or extrapolated) at this N
+        if k is not None:
+            extrap = " (extrap.)" if k["extrap"] else ""
+            sklearn_cols = [f"{k['cpu']:.1f}", f"{k['cpu'] / f['cpu']:.1f}{extrap}"]
         total_rows.append([f"{n:.0e}", f"{f['seconds']:.1f}", f"{f['cpu']:.1f}",
-                           f"{f['cpu'] / a.threads:.1f}", f"{k['cpu']:.1f}" if k else "-",
-                           speedup if k else "-"])  # fmt: skip
+                           f"{f['cpu'] / a.threads:.1f}", *sklearn_cols])  # fmt: skip
     print_table(["N", "faiss wall s", "faiss CPU s", f"faiss CPU s / {a.threads} (idle-machine wall)",
                  "sklearn CPU s", "sklearn / faiss (CPU)"], total_rows)  # fmt: skip
     ivf_ns = [n for n in ns if n >= a.ivf_min_size or a.recall_all]
