@@ -161,6 +161,7 @@ class CaptionSampler:
         self.budget = max_tokens - SPECIAL_TOKENS_PER_CAPTION
         self.max_labels = max_labels
         self.related = related or {}
+        self.words = {i: {w for name in self.synonyms[i] for w in name.split()} for i in label_map}
         self.hard_fraction = hard_fraction
 
     def _name(self, label: int, generator: torch.Generator) -> str:
@@ -183,14 +184,39 @@ class CaptionSampler:
                 used += self.token_counts[name]
         return chosen, used
 
+    def _hard_groups(self, present: list[int], excluded: set[int]) -> list[list[int]]:
+        """Related labels of each positive, one group per word of the positive's name that they
+        share ("red" → the other red things, "seven" → the other sevens); related labels that
+        share no word form one more group. Groups are in a fixed order (names, not sets)."""
+        groups = []
+        for p in present:
+            words = list(dict.fromkeys(self.synonyms[p][0].split()))
+            by_word: dict[str, list[int]] = {w: [] for w in words}
+            rest: list[int] = []
+            for x in self.related.get(p, ()):
+                if x in excluded:
+                    continue
+                shared = [w for w in words if w in self.words[x]]
+                (by_word[shared[0]] if shared else rest).append(x)
+            groups += [g for g in [*by_word.values(), rest] if g]
+        return groups
+
     def _negative_order(
         self, present: list[int], limit: int, generator: torch.Generator
     ) -> list[int]:
-        """Negative candidates: up to ``hard_fraction · limit`` related labels (sharing a word
-        with a positive), then all other labels, each group in random order."""
+        """Negative candidates: up to ``hard_fraction · limit`` related labels, then all other
+        labels in random order. Related labels are drawn round-robin from the groups of
+        ``_hard_groups`` (each shuffled), so every confusion gets its share: drawn from their
+        union, the larger same-colour group would crowd out the few same-object negatives."""
         excluded = set(present)
-        hard = sorted({x for p in present for x in self.related.get(p, ()) if x not in excluded})
-        hard = [hard[i] for i in torch.randperm(len(hard), generator=generator).tolist()]
+        groups = self._hard_groups(present, excluded)
+        groups = [[g[i] for i in torch.randperm(len(g), generator=generator).tolist()]
+                  for g in groups]  # fmt: skip
+        hard: list[int] = []
+        for rank in range(max((len(g) for g in groups), default=0)):
+            for g in groups:
+                if rank < len(g) and g[rank] not in hard:
+                    hard.append(g[rank])
         hard = hard[: round(self.hard_fraction * limit)]
         excluded.update(hard)
         rest = [x for x in self.label_ids if x not in excluded]

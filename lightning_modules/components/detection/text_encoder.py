@@ -64,8 +64,14 @@ class TextEncoder(nn.Module):
     """Wraps an HF BERT-family model and its fast tokenizer.
 
     Frozen by default (eval mode, no gradients; Open-GD also freezes BERT); frozen features are
-    cached per caption in an LRU keyed by the caption's token ids (one-to-one with the caption
-    string for a fixed tokenizer, and available when the collate has tokenised already).
+    cached in an LRU keyed by token ids (one-to-one with the text for a fixed tokenizer, and
+    available when the collate has tokenised already). ``cache_by="caption"`` keys whole
+    captions; ``cache_by="block"`` (needs ``sub_sentence``) keys each sub-sentence block
+    ("red seven ." or [CLS]) and encodes a missing block alone: with the sub-sentence mask a
+    block sees only itself and its positions restart at 0, so its features do not depend on the
+    rest of the caption, and training captions of freshly sampled category lists (never the same
+    caption twice) still hit the cache. A block's features are then a pure function of its
+    tokens (exact resume); they equal the whole-caption features up to float rounding.
     """
 
     def __init__(
@@ -77,8 +83,14 @@ class TextEncoder(nn.Module):
         cache_size: int = 256,
         sub_sentence: bool = True,
         special_tokens: tuple[str, ...] | list[str] = DEFAULT_SPECIAL_TOKENS,
+        cache_by: str = "caption",
     ) -> None:
         super().__init__()
+        if cache_by not in ("caption", "block"):
+            raise ValueError(f"cache_by must be 'caption' or 'block', got {cache_by!r}")
+        if cache_by == "block" and not sub_sentence:
+            raise ValueError("cache_by='block' needs sub_sentence=True (blocks must be isolated)")
+        self.cache_by = cache_by
         self.model = model
         self.tokenizer = tokenizer
         self.max_len = max_len
@@ -188,6 +200,8 @@ class TextEncoder(nn.Module):
         if self.cache_size == 0:
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
                 return self._run_model(input_ids, submask, position_ids)
+        if self.cache_by == "block":
+            return self._block_features(input_ids, real)
         keys = [tuple(ids[m].tolist()) for ids, m in zip(input_ids, real, strict=True)]
         found: dict[tuple[int, ...], torch.Tensor] = {}
         for k in keys:
@@ -204,6 +218,37 @@ class TextEncoder(nn.Module):
         out = found[keys[0]].new_zeros(*input_ids.shape, self.hidden_size)
         for i, k in enumerate(keys):
             out[i, real[i]] = found[k]
+        return out
+
+    def _block(self, key: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """Features (n, d_text) of one sub-sentence block encoded alone (cached)."""
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        ids = torch.tensor([key], device=device)
+        n = len(key)
+        with torch.no_grad():
+            feats = self._run_model(
+                ids,
+                torch.ones(1, n, n, dtype=torch.bool, device=device),
+                torch.arange(n, device=device)[None],
+            )[0]
+        self._store(key, feats)
+        return feats
+
+    def _block_features(self, input_ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Per-block cached features (B, T, d_text); padding rows are zero."""
+        out = torch.zeros(*input_ids.shape, self.hidden_size, device=input_ids.device)
+        special = torch.isin(input_ids, self.special_ids) & real
+        for b in range(input_ids.shape[0]):
+            ids, ends = input_ids[b].tolist(), special[b].tolist()
+            positions = real[b].nonzero().flatten().tolist()
+            block: list[int] = []
+            for t in positions:  # a special token closes its block (see ``sub_sentence_mask``)
+                block.append(t)
+                if ends[t] or t == positions[-1]:
+                    out[b, block] = self._block(tuple(ids[i] for i in block), out.device)
+                    block = []
         return out
 
     def _store(self, key: tuple[int, ...], feats: torch.Tensor) -> None:

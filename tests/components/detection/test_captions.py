@@ -139,3 +139,21 @@ def test_empty_inputs_raise() -> None:
         build_caption([])
     with pytest.raises(ValueError, match="empty category name"):
         build_caption(["cat", "  "])
+
+
+def test_sampler_balances_hard_negatives_across_shared_words(tokenizer) -> None:
+    # 4 colours x 8 objects: "red one" has 3 same-object and 7 same-colour relatives; drawn from
+    # their union, same-object negatives would be rare; round-robin gives each word its share.
+    colours, objects = ["red", "blue", "green", "white"], ["one", "two", "three", "four",
+                                                          "five", "six", "seven", "eight"]  # fmt: skip
+    names = [f"{c} {o}" for o in objects for c in colours]
+    label_map = dict(enumerate(names))
+    words = {i: set(n.split()) for i, n in label_map.items()}
+    related = {a: [b for b in label_map if b != a and words[a] & words[b]] for a in label_map}
+    sampler = CaptionSampler(label_map, tokenizer, max_labels=7, related=related, hard_fraction=1.0)
+    for seed in range(5):
+        out = sampler(torch.tensor([0]), torch.Generator().manual_seed(seed))  # "red one"
+        negatives = [label_map[x].split() for x in out.label_ids if x != 0]
+        assert len(negatives) == 6
+        assert sum(o == "one" for _, o in negatives) == 3  # every other colour of "one"
+        assert sum(c == "red" for c, _ in negatives) == 3

@@ -87,3 +87,29 @@ def test_unfrozen_encoder_trains() -> None:
     feats.feats.sum().backward()
     assert encoder.model.embeddings.word_embeddings.weight.grad is not None
     assert encoder.cache_size == 0
+
+
+def test_block_cache_matches_whole_captions(minilm_text_encoder) -> None:
+    blocks = TextEncoder(minilm_text_encoder.model, minilm_text_encoder.tokenizer,
+                         cache_by="block", cache_size=64)  # fmt: skip
+    captions = ["red seven . blue t-shirt .", "blue t-shirt . ankle boot . cat ."]
+    whole = minilm_text_encoder.encode(captions)
+    cached = blocks.encode(captions)
+    assert torch.equal(whole.text_token_mask, cached.text_token_mask)
+    assert torch.equal(whole.position_ids, cached.position_ids)
+    real = whole.text_token_mask
+    assert (cached.feats[real] - whole.feats[real]).abs().max().item() < 1e-4  # rounding only
+    assert cached.feats[0, 10:].abs().sum().item() == 0.0  # padding of the shorter caption
+    # [CLS], [SEP] and 4 distinct phrases: one entry per block, shared across captions.
+    assert len(blocks._cache) == 6
+    again = blocks.encode(["cat . red seven ."])
+    assert len(blocks._cache) == 6  # both phrases were cached from other captions
+    assert torch.equal(again.feats[0, 1:3], cached.feats[1, 9:11])  # "cat ." bit-identical
+
+
+def test_block_cache_needs_sub_sentence(tiny_text_encoder) -> None:
+    with pytest.raises(ValueError, match="sub_sentence"):
+        TextEncoder(tiny_text_encoder.model, tiny_text_encoder.tokenizer, sub_sentence=False,
+                    cache_by="block")  # fmt: skip
+    with pytest.raises(ValueError, match="cache_by"):
+        TextEncoder(tiny_text_encoder.model, tiny_text_encoder.tokenizer, cache_by="word")

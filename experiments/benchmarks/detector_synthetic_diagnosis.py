@@ -1,0 +1,147 @@
+"""Where a synthetic-benchmark detector loses AP50: naming (colour vs object), localisation,
+chunks, caption length (issue 6 diagnosis).
+
+    python experiments/benchmarks/detector_synthetic_diagnosis.py CHECKPOINT [--chunk-tokens 28]
+
+Runs on the run's own ``val_seen`` split (scene seed 0, the tuning split; the held-out report of
+``detector_synthetic_quality.py`` uses seed 1). Categories are "<colour> <object>". Prints:
+
+- AP50 under four label granularities: full name, object only (colour errors forgiven), colour
+  only (object errors forgiven), class-agnostic. A (query, prompt pass) keeps its best score per
+  merged label, so merging never creates duplicates.
+- For each GT, the highest-scoring detection with IoU ≥ 0.5 ("top detection at the GT"): correct,
+  wrong colour (same object), wrong object (same colour), both wrong, or no box at IoU 0.5; and
+  whether it came from another prompt chunk than the GT's category.
+- With ``--chunk-tokens`` the same metrics with shorter prompt chunks (closer to the training
+  captions), to measure the caption-length shift.
+"""
+
+import argparse
+import os
+from collections import Counter
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torchmetrics.detection import MeanAveragePrecision
+from torchvision.ops import box_convert, box_iou
+
+from datamodules.components.detection_collate import DetectionCollate
+from experiments.checkpoints import load_checkpoint
+from experiments.detect import load_model
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[2]))
+GRANULARITIES = ("name", "object", "colour", "agnostic")
+OUTCOMES = ("correct", "wrong colour", "wrong object", "both wrong", "no box at IoU 0.5")
+
+
+def _merge(pred: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Relabels detections and keeps each (pass, query, new label) once, at its best score."""
+    key = torch.stack([pred["part"], pred["query"], labels], 1)
+    uniq, inverse = key.unique(dim=0, return_inverse=True)
+    scores = pred["scores"].new_zeros(len(uniq)).scatter_reduce(
+        0, inverse, pred["scores"], "amax", include_self=False
+    )
+    first = torch.full((len(uniq),), len(key), dtype=torch.long)
+    first = first.scatter_reduce(0, inverse, torch.arange(len(key)), "amin")
+    return {"boxes": pred["boxes"][first], "scores": scores, "labels": uniq[:, 2]}
+
+
+def _relabel(labels: torch.Tensor, how: str, names: dict[int, tuple[str, str]]) -> torch.Tensor:
+    """Category ids (N,) → ids at granularity ``how`` (name, object, colour or agnostic)."""
+    if how == "name":
+        return labels
+    if how == "agnostic":
+        return torch.zeros_like(labels)
+    part = 0 if how == "colour" else 1
+    values = sorted({n[part] for n in names.values()})
+    return torch.tensor([values.index(names[int(x)][part]) for x in labels.tolist()],
+                        dtype=torch.long)  # fmt: skip
+
+
+def _outcome(pred: dict[str, torch.Tensor], gt_box: torch.Tensor, gt: tuple[str, str],
+             names: dict[int, tuple[str, str]]) -> tuple[str, int]:  # fmt: skip
+    """Outcome of the top detection at a GT box, and the prompt pass it came from."""
+    iou = box_iou(gt_box[None], pred["boxes"])[0]
+    hits = (iou >= 0.5).nonzero().flatten()
+    if not len(hits):
+        return OUTCOMES[4], -1
+    best = hits[pred["scores"][hits].argmax()]
+    colour, obj = names[int(pred["labels"][best])]
+    same_colour, same_object = colour == gt[0], obj == gt[1]
+    kind = {(True, True): 0, (False, True): 1, (True, False): 2, (False, False): 3}
+    return OUTCOMES[kind[(same_colour, same_object)]], int(pred["part"][best])
+
+
+@torch.no_grad()
+def diagnose(module, loader) -> dict:
+    """Accumulates the granularity AP50s, the GT outcomes and the chunk statistics."""
+    maps = {g: MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+            for g in GRANULARITIES}  # fmt: skip
+    for m in maps.values():
+        m.warn_on_many_detections = False
+    outcomes, other_chunk, n_chunks = Counter(), 0, 0
+    names: dict[int, tuple[str, str]] = {}
+    for batch in loader:
+        chunk_of: dict[int, int] = {}
+        for k, prompt in enumerate(batch["prompts"]):
+            for ids, nm in zip(prompt.label_ids, prompt.names, strict=True):
+                for i, n in zip(ids.tolist(), nm, strict=True):
+                    names[i] = tuple(n.split(" ", 1))
+                    chunk_of[i] = k
+        n_chunks = max(n_chunks, len(batch["prompts"]))
+        sizes = [meta["orig_size"] for meta in batch["meta"]]
+        preds = module.predict_batch(batch["images"], batch["pad_mask"], batch["prompts"], sizes)
+        for pred, t, (h, w) in zip(preds, batch["targets"], sizes, strict=True):
+            gt_boxes = box_convert(t["boxes"].float(), "cxcywh", "xyxy") * torch.tensor(
+                [w, h, w, h]
+            )
+            for how, metric in maps.items():
+                metric.update([_merge(pred, _relabel(pred["labels"], how, names))],
+                              [{"boxes": gt_boxes,
+                                "labels": _relabel(t["category_id"], how, names)}])  # fmt: skip
+            for box, cid in zip(gt_boxes, t["category_id"].tolist(), strict=True):
+                kind, part = _outcome(pred, box, names[cid], names)
+                outcomes[kind] += 1
+                other_chunk += int(part >= 0 and part != chunk_of[cid])
+    return {"ap50": {g: float(m.compute()["map_50"]) for g, m in maps.items()},
+            "outcomes": outcomes, "other_chunk": other_chunk, "chunks": n_chunks}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--chunk-tokens", type=int, nargs="*", default=[],
+                        help="also evaluate with prompt chunks of at most this many tokens")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--data-dir", default=os.environ.get("DATA_DIR"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    ckpt = load_checkpoint(args.checkpoint)
+    module = load_model(args.checkpoint)
+    data_cfg = OmegaConf.create(ckpt["run_config"]).data
+    if args.data_dir:
+        data_cfg.data_dir = args.data_dir
+    datamodule = instantiate(data_cfg)
+    datamodule.prepare_data()
+    datamodule.setup("validate")
+    loader = datamodule.val_dataloader()[datamodule.val_names.index("val_seen")]
+    print(f"\ncheckpoint {args.checkpoint} (step {ckpt.get('global_step', '?')}), val_seen, "
+          f"{len(loader.dataset)} images")  # fmt: skip
+    print("\n| prompt chunks | AP50 name | object only | colour only | class-agnostic | "
+          + " | ".join(OUTCOMES) + " | top det. from another chunk |")
+    print("|---" * (6 + len(OUTCOMES)) + "|")
+    for tokens in [datamodule.max_tokens, *args.chunk_tokens]:
+        loader.collate_fn = DetectionCollate(datamodule.tokenizer, tokens,
+                                             datamodule.size_divisibility)  # fmt: skip
+        r = diagnose(module, loader)
+        total = sum(r["outcomes"].values())
+        shares = " | ".join(f"{r['outcomes'][k] / total:.2f}" for k in OUTCOMES)
+        ap = " | ".join(f"{r['ap50'][g]:.3f}" for g in GRANULARITIES)
+        print(f"| {r['chunks']} (≤ {tokens} tokens) | {ap} | {shares} | "
+              f"{r['other_chunk'] / total:.2f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
