@@ -78,6 +78,17 @@ class DINOv2LitModule(L.LightningModule):
             resampled to the new grid); optimizer and step start fresh.
         require_init_checkpoint: fail at fit start when ``init_checkpoint`` is not set.
         seed: base of the per-step seed that makes drop-path a function of the step.
+        compile: ``torch.compile`` the student and teacher block stacks when the model is
+            configured (off by default: compiling takes minutes on CPU; losses then differ from
+            eager by float rounding, and drop-path draws its masks from Inductor's generator).
+        fused_optimizer: AdamW with ``fused=True`` (one kernel over all parameters instead of a
+            Python loop; rounding differs from the default).
+        skip_unused_tokens: run the backbones' last block only for the tokens the losses read
+            (CLS, and the masked patches of the global crops) via
+            ``DINOv2Backbone.forward_selected``; the same losses up to float rounding.
+        merge_head_calls: one call per head on all its rows (global CLS, local CLS and masked
+            patches through a shared head) instead of one call per crop set: fewer, taller
+            matmuls, the same logits up to float rounding.
     """
 
     def __init__(
@@ -95,6 +106,10 @@ class DINOv2LitModule(L.LightningModule):
         init_checkpoint: str | None = None,
         require_init_checkpoint: bool = False,
         seed: int = 0,
+        compile: bool = False,
+        fused_optimizer: bool = False,
+        skip_unused_tokens: bool = False,
+        merge_head_calls: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False, ignore=["backbone", "teacher_backbone"])
@@ -197,15 +212,51 @@ class DINOv2LitModule(L.LightningModule):
         """Flat indices into the (2B·N) patch tokens the iBOT loss uses, and their weights w_j."""
         return batch["mask_indices"], batch["mask_weights"]
 
+    def _features(
+        self,
+        model: nn.ModuleDict,
+        x: torch.Tensor,
+        masks: torch.Tensor | None = None,
+        patch_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Final-norm CLS (B, D) and patch tokens at ``patch_index`` (n, D) of a backbone.
+
+        The patch tokens are None without ``patch_index``.
+        """
+        backbone = model["backbone"]
+        if self.hparams.skip_unused_tokens:
+            out = backbone.forward_selected(x, masks, patch_index)
+            return out["cls"], None if patch_index is None else out["patch"]
+        out = backbone.forward_features(x, masks=masks)
+        patch = None if patch_index is None else out["patch"].flatten(0, 1)[patch_index]
+        return out["cls"], patch
+
+    @staticmethod
+    def _merged_head_calls(
+        pairs: list[tuple[nn.Module, torch.Tensor | None]],
+    ) -> list[torch.Tensor | None]:
+        """Logits of each ``(head, features (n_i, D))`` pair, one call per distinct head."""
+        out: list[torch.Tensor | None] = [None] * len(pairs)
+        for head in {id(h): h for h, _ in pairs}.values():
+            used = [i for i, (h, x) in enumerate(pairs) if h is head and x is not None]
+            logits = head(torch.cat([pairs[i][1] for i in used]))
+            for i, part in zip(used, logits.split([len(pairs[i][1]) for i in used]), strict=True):
+                out[i] = part
+        return out
+
     @torch.no_grad()
     def _teacher_targets(
         self, global_crops: torch.Tensor, token_idx: torch.Tensor, teacher_temp: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher CLS targets (2B, K) and patch targets (n_m, K); then the centers update."""
-        out = self.teacher.backbone.forward_features(global_crops)
+        cls, patch = self._features(self.teacher, global_crops, patch_index=token_idx)
         dino_head, ibot_head = self._heads(self.teacher)
-        cls_logits = dino_head(out["cls"])
-        patch_logits = ibot_head(out["patch"].flatten(0, 1)[token_idx])
+        if self.hparams.merge_head_calls:
+            cls_logits, patch_logits = self._merged_head_calls(
+                [(dino_head, cls), (ibot_head, patch)]
+            )
+        else:
+            cls_logits, patch_logits = dino_head(cls), ibot_head(patch)
         p_cls = self.dino_targets(cls_logits, teacher_temp)
         p_patch = self.ibot_targets(patch_logits, teacher_temp)
         self.dino_targets.update(cls_logits)
@@ -233,15 +284,22 @@ class DINOv2LitModule(L.LightningModule):
         p_cls, p_patch = self._teacher_targets(g, idx, teacher_temp)
 
         dino_head, ibot_head = self._heads(self.student)
-        s_global = self.student.backbone.forward_features(g, masks=self._masks(batch))
+        s_cls, s_patch = self._features(self.student, g, self._masks(batch), idx)
         local = batch.get("local_crops")
-        s_local = None
+        l_cls = None
         if local is not None and local.numel():
-            s_local = dino_head(self.student.backbone.forward_features(local)["cls"])
-        dino = self.dino_loss(dino_head(s_global["cls"]), s_local, p_cls)
-        s_patch = ibot_head(s_global["patch"].flatten(0, 1)[idx])
-        ibot = self.ibot_loss(s_patch, p_patch, weights, n_crops)
-        crops = s_global["cls"].chunk(2)
+            l_cls = self._features(self.student, local)[0]
+        if self.hparams.merge_head_calls:
+            s_global, s_local, s_patch = self._merged_head_calls(
+                [(dino_head, s_cls), (dino_head, l_cls), (ibot_head, s_patch)]
+            )
+            dino = self.dino_loss(s_global, s_local, p_cls)
+            ibot = self.ibot_loss(s_patch, p_patch, weights, n_crops)
+        else:  # the plain order of calls, which fixes the order gradients are summed in
+            s_local = None if l_cls is None else dino_head(l_cls)
+            dino = self.dino_loss(dino_head(s_cls), s_local, p_cls)
+            ibot = self.ibot_loss(ibot_head(s_patch), p_patch, weights, n_crops)
+        crops = s_cls.chunk(2)
         koleo = sum(
             self.koleo_loss(c) for c in crops[: 1 if self.koleo_cfg["crops"] == "first" else 2]
         )
@@ -259,6 +317,16 @@ class DINOv2LitModule(L.LightningModule):
         }
 
     # ------------------------------------------------------------------ training loop
+    def configure_model(self) -> None:
+        """Compile the block stacks (``compile=true``) in each process, after any DDP spawn."""
+        if self.hparams.compile:
+            self.compile_backbones()
+
+    def compile_backbones(self) -> None:
+        """Compile every student and teacher backbone's blocks in place (state dicts unchanged)."""
+        for model in (self.student, self.teacher):
+            model["backbone"].compile_blocks()
+
     def setup(self, stage: str) -> None:
         if stage != "fit":
             return
@@ -287,7 +355,8 @@ class DINOv2LitModule(L.LightningModule):
         """Resuming (``ckpt_path=``) needs a head-complete checkpoint (D6)."""
         require_head_complete(checkpoint.get("state_dict", {}), "the resumed checkpoint")
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def build_optimizer(self) -> torch.optim.AdamW:
+        """AdamW over the student's parameter groups; lr and wd are set by the schedules (D4)."""
         cfg = self.optim_cfg
         groups = build_param_groups(
             self.student,
@@ -295,13 +364,20 @@ class DINOv2LitModule(L.LightningModule):
             layer_decay=cfg.layer_decay,
             patch_embed_lr_multiplier=cfg.patch_embed_lr_multiplier,
         )
+        # lr and wd are placeholders: the schedules overwrite them before every step.
+        fused = {"fused": True} if self.hparams.fused_optimizer else {}
+        return torch.optim.AdamW(groups, lr=0.0, betas=cfg.betas, weight_decay=0.0, **fused)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        optimizer = self.build_optimizer()
         total = int(self.trainer.estimated_stepping_batches)
         global_batch = (
             self.hparams.batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
         )
-        self.schedules = DINOv2Schedules.build(cfg, self.teacher_cfg, total, global_batch)
-        # lr and wd are placeholders: the schedules overwrite them before every step (D4).
-        return torch.optim.AdamW(groups, lr=0.0, betas=cfg.betas, weight_decay=0.0)
+        self.schedules = DINOv2Schedules.build(
+            self.optim_cfg, self.teacher_cfg, total, global_batch
+        )
+        return optimizer
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         step = self.global_step

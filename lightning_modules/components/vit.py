@@ -11,6 +11,7 @@ from typing import Literal
 
 import timm
 import torch
+import torch.nn.functional as F
 from timm.layers import DropPath, GluMlp, SwiGLUPacked
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -189,6 +190,18 @@ class DINOv2Backbone(nn.Module):
             block.drop_path2 = DropPath(rate) if rate > 0 else nn.Identity()
         self.drop_path_rate = rate
 
+    def compile_blocks(self) -> None:
+        """Compile every transformer block in place with ``torch.compile`` (Inductor).
+
+        Only the blocks are compiled: masking, positional-embedding resampling, the shape checks
+        and ``forward_selected``'s last block stay eager, so nothing breaks a graph.
+        ``dynamic=False`` gives one static graph per token shape (global, local; training and
+        no-grad), compiled on first use. ``nn.Module.compile`` keeps the modules, their
+        parameters and the state-dict keys (no ``_orig_mod.`` prefix): checkpoints are unchanged.
+        """
+        for block in self.vit.blocks:
+            block.compile(dynamic=False)
+
     def _check_size(self, x: torch.Tensor) -> None:
         h, w = x.shape[-2:]
         p = self.patch_size
@@ -234,6 +247,43 @@ class DINOv2Backbone(nn.Module):
             out["prenorm"] = tokens
         return out
 
+    def forward_selected(
+        self,
+        x: torch.Tensor,
+        masks: torch.Tensor | None = None,
+        patch_index: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Final-norm CLS of every image and the patch tokens at ``patch_index`` only.
+
+        Equal (up to float rounding) to ``forward_features(x, masks)`` followed by
+        ``["cls"]`` and ``["patch"].flatten(0, 1)[patch_index]``, but the last block runs only
+        where those outputs need it: keys and values for every token, queries, projection and
+        FFN for the selected tokens. The DINO and iBOT losses read nothing else, so this skips
+        about 5/6 of the last block's work for a DINOv2 step.
+
+        Args:
+            x: images (B, 3, H, W).
+            masks: (B, N) bool iBOT masks, or None.
+            patch_index: (n,) flat indices into the (B·N) patch tokens, or None for none.
+
+        Returns:
+            ``cls`` (B, D) and ``patch`` (n, D) (``(0, D)`` without ``patch_index``).
+        """
+        tokens = self.prepare_tokens(x, masks)
+        *body, last = self.vit.blocks
+        for block in body:
+            tokens = block(tokens)
+        b, t, _ = tokens.shape
+        n_patches = t - self.num_prefix_tokens
+        if patch_index is None:
+            patch_index = torch.zeros(0, dtype=torch.long, device=x.device)
+        crop = torch.div(patch_index, n_patches, rounding_mode="floor")
+        position = patch_index - crop * n_patches + self.num_prefix_tokens
+        all_crops = torch.arange(b, device=x.device)
+        rows = (torch.cat([all_crops, crop]), torch.cat([torch.zeros_like(all_crops), position]))
+        out = self.vit.norm(_block_at(last, tokens, *rows))
+        return {"cls": out[:b], "patch": out[b:]}
+
     def get_intermediate_layers(
         self, x: torch.Tensor, n: int | Sequence[int] = 1
     ) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
@@ -258,3 +308,49 @@ class DINOv2Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) → final-norm CLS (B, D)."""
         return self.forward_features(x)["cls"]
+
+
+def _block_at(
+    block: nn.Module, x: torch.Tensor, crop: torch.Tensor, position: torch.Tensor
+) -> torch.Tensor:
+    """Rows ``block(x)[crop, position]`` (S, D) of a timm ``Block``, computed for those rows only.
+
+    Every token of a crop still provides keys and values; queries are gathered per crop, padded
+    to the largest count (the padding rows are computed and dropped), so attention needs no
+    gather of keys. Drop-path draws one (B,) mask per branch in the block's own order, so the
+    random numbers match ``block(x)``.
+    """
+    attn = block.attn
+    plain = hasattr(attn, "qkv") and getattr(attn, "gate", None) is None
+    if not plain or (attn.attn_drop.p and attn.training):
+        raise NotImplementedError(
+            "the selected-token forward supports timm's plain Attention without attention dropout"
+        )
+    b, t, d = x.shape
+    heads, head_dim = attn.num_heads, attn.head_dim
+    # slot of each selected row among its crop's queries (rows sorted by crop, stable)
+    order = torch.argsort(crop, stable=True)
+    counts = torch.bincount(crop, minlength=b)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.empty_like(crop)
+    slot[order] = torch.arange(len(crop), device=x.device) - starts[crop[order]]
+    query_pos = torch.zeros(b, int(counts.max()), dtype=torch.long, device=x.device)
+    query_pos[crop, slot] = position
+
+    h = block.norm1(x)
+    w_q, w_kv = attn.qkv.weight.split([heads * head_dim, 2 * heads * head_dim])
+    b_q, b_kv = (
+        (None, None)
+        if attn.qkv.bias is None
+        else attn.qkv.bias.split([heads * head_dim, 2 * heads * head_dim])
+    )
+    k, v = F.linear(h, w_kv, b_kv).view(b, t, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
+    h_q = h.gather(1, query_pos.unsqueeze(-1).expand(-1, -1, d))  # (B, Q, D)
+    q = F.linear(h_q, w_q, b_q).view(b, -1, heads, head_dim).transpose(1, 2)
+    y = F.scaled_dot_product_attention(attn.q_norm(q), attn.k_norm(k), v)  # (B, heads, Q, hd)
+    y = attn.norm(y.transpose(1, 2).flatten(2)[crop, slot])  # (S, heads·hd)
+    y = attn.proj_drop(attn.proj(y))
+    keep1 = block.drop_path1(x.new_ones(b, 1))  # (B, 1): 0 or 1/keep in training, else 1
+    keep2 = block.drop_path2(x.new_ones(b, 1))
+    y = x[crop, position] + block.ls1(y) * keep1[crop]
+    return y + block.ls2(block.mlp(block.norm2(y))) * keep2[crop]

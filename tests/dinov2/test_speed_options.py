@@ -1,0 +1,135 @@
+"""DINOv2 speed options: each gives the plain step's losses and keeps checkpoints unchanged.
+
+``skip_unused_tokens`` (the last block only for the tokens the losses read), ``merge_head_calls``
+(one call per head), ``fused_optimizer`` and ``compile`` (``torch.compile`` of every block) must
+change the speed only: the same losses and gradients up to float rounding, the same state-dict
+keys, and a plain (bit-identical) path when they are off.
+"""
+
+import pytest
+import torch
+
+from datamodules.components.masking import BlockMaskGenerator
+from datamodules.components.multicrop_collate import MultiCropCollate
+from lightning_modules.components.vit import DINOv2Backbone
+from lightning_modules.dinov2_module import DINOv2LitModule
+
+HEAD = {"out_dim": 64, "hidden_dim": 64, "bottleneck_dim": 32, "nlayers": 3}
+BATCH, GLOBAL, LOCAL, N_LOCAL, PATCH = 4, 16, 8, 2, 4
+
+
+def _batch() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    samples = [
+        {
+            "global_crops": [torch.randn(3, GLOBAL, GLOBAL, generator=gen) for _ in range(2)],
+            "local_crops": [torch.randn(3, LOCAL, LOCAL, generator=gen) for _ in range(N_LOCAL)],
+        }
+        for _ in range(BATCH)
+    ]
+    grid = GLOBAL // PATCH
+    return MultiCropCollate(BlockMaskGenerator(grid, max_num_patches=0.5 * grid**2), seed=0)(
+        samples
+    )
+
+
+def _module(separate_head: bool = False, registers: int = 0, **options: bool) -> DINOv2LitModule:
+    torch.manual_seed(0)
+    backbone = DINOv2Backbone(
+        img_size=GLOBAL, patch_size=PATCH, embed_dim=32, depth=2, num_heads=2,
+        num_register_tokens=registers, layerscale_init=0.5, drop_path=0.2,
+    )  # fmt: skip
+    return DINOv2LitModule(
+        backbone, dino_head=HEAD, ibot={"separate_head": separate_head, "head": HEAD},
+        koleo={}, teacher={"target_mode": "centering"}, optim={}, batch_size=BATCH, **options,
+    ).train()  # fmt: skip
+
+
+def _step(module: DINOv2LitModule, batch: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Losses and student gradients of one step with a fixed drop-path seed."""
+    torch.manual_seed(1)
+    losses = module.compute_losses(batch, teacher_temp=0.04)
+    losses["loss"].backward()
+    grads = {n: p.grad for n, p in module.student.named_parameters() if p.grad is not None}
+    return {k: v.detach() for k, v in losses.items()}, grads
+
+
+def _assert_close(a: tuple[dict, dict], b: tuple[dict, dict], tol: float) -> None:
+    """Losses and gradients agree to ``tol`` relative to each tensor's largest entry."""
+    assert a[0].keys() == b[0].keys() and a[1].keys() == b[1].keys()
+    for key, value in [*a[0].items(), *a[1].items()]:
+        other = b[0][key] if key in b[0] else b[1][key]
+        scale = float(value.abs().max())
+        torch.testing.assert_close(other, value, rtol=0, atol=tol * scale + 1e-12, msg=key)
+
+
+@pytest.mark.parametrize("registers", [0, 2])
+def test_forward_selected_equals_the_selected_rows_of_the_full_forward(registers: int) -> None:
+    torch.manual_seed(0)
+    backbone = DINOv2Backbone(
+        img_size=GLOBAL, patch_size=PATCH, embed_dim=32, depth=3, num_heads=2,
+        num_register_tokens=registers, layerscale_init=0.5, drop_path=0.3,
+    ).train()  # fmt: skip
+    x = torch.randn(6, 3, GLOBAL, GLOBAL)
+    masks = torch.rand(6, (GLOBAL // PATCH) ** 2, generator=torch.Generator().manual_seed(1)) < 0.4
+    masks[0] = False  # a crop without selected patches
+    index = masks.flatten().nonzero().flatten()
+    outputs = []
+    for forward in ("full", "selected"):
+        backbone.zero_grad()
+        torch.manual_seed(3)  # the same drop-path draws on both paths
+        if forward == "full":
+            out = backbone.forward_features(x, masks)
+            cls, patch = out["cls"], out["patch"].flatten(0, 1)[index]
+        else:
+            out = backbone.forward_selected(x, masks, index)
+            cls, patch = out["cls"], out["patch"]
+        (cls.square().sum() + patch.sum()).backward()
+        grads = {n: p.grad.clone() for n, p in backbone.named_parameters() if p.grad is not None}
+        outputs.append(({"cls": cls.detach(), "patch": patch.detach()}, grads))
+    _assert_close(outputs[0], outputs[1], tol=1e-5)
+    # a different seed drops different samples: the equality above is not vacuous
+    torch.manual_seed(4)
+    assert not torch.equal(backbone.forward_selected(x, masks, index)["cls"], outputs[0][0]["cls"])
+    assert backbone.forward_selected(x)["patch"].shape == (0, 32)
+
+
+@pytest.mark.parametrize("separate_head", [False, True])
+def test_skip_unused_tokens_and_merged_heads_give_the_plain_losses(separate_head: bool) -> None:
+    batch = _batch()
+    plain = _step(_module(separate_head), batch)
+    fast = _module(separate_head, skip_unused_tokens=True, merge_head_calls=True)
+    _assert_close(plain, _step(fast, batch), tol=1e-5)
+    assert fast.state_dict().keys() == _module(separate_head).state_dict().keys()
+
+
+def test_fused_optimizer_takes_the_same_step() -> None:
+    steps = []
+    for fused in (False, True):
+        module = _module(fused_optimizer=fused)
+        optimizer = module.build_optimizer()
+        assert optimizer.defaults["fused"] is (True if fused else None)
+        for group in optimizer.param_groups:
+            group["lr"], group["weight_decay"] = 1e-3, 0.04
+        _step(module, _batch())
+        optimizer.step()
+        steps.append(module.student.state_dict())
+    for key, value in steps[0].items():
+        torch.testing.assert_close(steps[1][key], value, rtol=1e-6, atol=1e-7, msg=key)
+
+
+@pytest.mark.slow  # compiling the blocks takes about a minute on this CPU
+def test_compiled_blocks_give_the_eager_losses_and_keep_checkpoint_keys() -> None:
+    batch = _batch()
+    eager = _module()
+    compiled = _module(compile=True)
+    compiled.configure_model()
+    torch._dynamo.reset()
+    # Inductor draws drop-path masks from its own generator unless told to use eager's
+    with torch._inductor.config.patch(fallback_random=True):
+        _assert_close(_step(eager, batch), _step(compiled, batch), tol=1e-5)
+    # student global and local crops (with grad) and the teacher's (no grad): three graphs
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 3
+    keys = compiled.state_dict().keys()
+    assert keys == eager.state_dict().keys()
+    assert not any("_orig_mod" in key for key in keys)
