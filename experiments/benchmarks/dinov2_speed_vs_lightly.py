@@ -32,13 +32,13 @@ children share a fresh Inductor cache, so this is a cold compile). Then one timi
 builds every row (compiled rows load that cache) and runs ``--rounds`` rounds of one step per
 row, in a rotating order, so that all rows see the same load of this shared machine. Per row:
 the median and quartiles of its interleaved wall-clock step times, the median CPU time of a
-step (user + system of the process, 1 thread: insensitive to time slices lost to other
-processes, which dominate the wall-clock spread on a shared machine), images/s (``batch``
-images, each 2 global + ``n_local`` local crops) by wall clock and by CPU time, and the
-achieved GFLOP/s (by CPU time) next to the fp32 matmul peak of one thread, measured in the
-timing process before and after the rounds (the better is shown). Ratios against lightly are
-given by median wall clock, by the median of the per-round wall-clock ratios (paired: the rows
-of one round run back to back) and by median CPU time.
+step (user + system of the process, 1 thread; a cross-check that does not count time slices
+lost to other processes), images/s (``batch`` images, each 2 global + ``n_local`` local crops)
+by wall clock, and the achieved GFLOP/s (by wall clock) next to the fp32 matmul peak of one
+thread (wall clock too), measured in the timing process before and after the rounds (the
+better is shown). Ratios against lightly are given by median wall clock, by the median of the
+per-round wall-clock ratios (paired: the rows of one round run back to back) and by median
+CPU time.
 
 ``--profile VARIANT`` instead profiles a few steps of one row with ``torch.profiler`` and
 prints where the time goes (phases of the step, and aten operators by kind).
@@ -351,7 +351,7 @@ def profile(a: argparse.Namespace) -> None:
             kinds["copies, cat, indexing, views"] += t
         elif e.key.startswith("aten::"):
             kinds["other aten ops"] += t
-        elif e.key.startswith(("cpp_fused", "Torch-Compiled Region", "CompiledFunction")):
+        elif e.key.startswith("## Call CompiledFxGraph"):  # the fused C++ kernels run inside
             kinds["compiled kernels (Inductor)"] += t
     kinds["Python, autograd engine, dispatch"] = total - sum(kinds.values())
     print(f"{'operator kind':<36}{'s/step':>9}{'share':>8}")
@@ -378,7 +378,7 @@ def report(a: argparse.Namespace, results: dict[str, dict[str, Any]], peak: floa
         f"{a.local_size} px x 2+{a.n_local}, batch {a.batch}, K={a.prototypes}, "
         f"{a.threads} thread(s), {a.rounds} interleaved timed steps per row"
     )
-    print(f"{'row':<20}{'wall s':>7}{'(q1-q3)':>13}{'CPU s':>7}{'img/s wall':>11}{'img/s CPU':>10}"
+    print(f"{'row':<20}{'wall s':>7}{'(q1-q3)':>13}{'CPU s':>7}{'images/s':>9}"
           f"{'peak MiB':>9}{'steady MiB':>11}{'GFLOP/step':>11}{'GFLOP/s':>8}{'of peak':>8}"
           f"{'compile s':>10}")  # fmt: skip
     for row, r in results.items():
@@ -386,9 +386,9 @@ def report(a: argparse.Namespace, results: dict[str, dict[str, Any]], peak: floa
         q1, _, q3 = statistics.quantiles(r["times"], n=4)
         gflops = r["flops"] / 1e9
         compile_s = f"{r['compile_s']:.1f}" if row.endswith("compiled") else "-"
-        print(f"{row:<20}{t:>7.3f}{f'({q1:.2f}-{q3:.2f})':>13}{c:>7.3f}{a.batch / t:>11.2f}"
-              f"{a.batch / c:>10.2f}{r['peak_mib']:>9.0f}{r['steady_mib']:>11.0f}{gflops:>11.2f}"
-              f"{gflops / c:>8.2f}{gflops / c / peak:>8.1%}{compile_s:>10}")  # fmt: skip
+        print(f"{row:<20}{t:>7.3f}{f'({q1:.2f}-{q3:.2f})':>13}{c:>7.3f}{a.batch / t:>9.2f}"
+              f"{r['peak_mib']:>9.0f}{r['steady_mib']:>11.0f}{gflops:>11.2f}"
+              f"{gflops / t:>8.2f}{gflops / t / peak:>8.1%}{compile_s:>10}")  # fmt: skip
     print(f"fp32 matmul peak ({a.threads} thread(s), 1024^3): {peak:.1f} GFLOP/s")
     for base in ("lightly", "lightly-compiled"):
         if base not in results:
