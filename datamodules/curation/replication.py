@@ -152,6 +152,26 @@ def self_dedup_scores(
     }
 
 
+def set_composition(manifest: Manifest, labels: np.ndarray, classes: int = 10) -> dict[str, Any]:
+    """What a set of replication images holds: images per source, and the Fashion-MNIST class
+    histogram ``(classes,)`` of its natural Fashion-MNIST rows (train or test split).
+
+    ``labels (N,)`` are the rows' labels (e.g. ``ManifestImageSource.label``). Planted rows are
+    left out of the histogram: their labels may be MNIST digits.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    if len(labels) != len(manifest):
+        raise CurationError(f"{len(labels)} labels for a set of {len(manifest)} images")
+    fashion = [n for n, spec in manifest.sources.items()
+               if spec.get("kind") == "torchvision" and spec.get("dataset") == "fashion_mnist"]  # fmt: skip
+    rows = np.isin(manifest.source, fashion)
+    names, counts = np.unique(manifest.source.astype(str), return_counts=True)
+    return {
+        "sources": dict(zip(names.tolist(), counts.tolist(), strict=True)),
+        "fashion_classes": np.bincount(labels[rows], minlength=classes),
+    }
+
+
 def count_test_copies_left(kept_rows: np.ndarray, test_copy_rows: np.ndarray) -> int:
     """How many planted copies of evaluation images survive (must be 0)."""
     return int(np.isin(test_copy_rows, kept_rows).sum())

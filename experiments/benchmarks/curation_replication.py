@@ -23,11 +23,14 @@ of Fashion-MNIST *test* images, noise; queries: other Fashion-MNIST train images
 
 import argparse
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from datamodules.curated_datamodule import ManifestImageSource
 from datamodules.curation.calibration import (
     calibrate_threshold,
     pair_cosines,
@@ -35,7 +38,7 @@ from datamodules.curation.calibration import (
 )
 from datamodules.curation.embed import Embeddings, load_embeddings
 from datamodules.curation.manifest import read_manifest, write_manifest
-from datamodules.curation.replication import load_ground_truth
+from datamodules.curation.replication import load_ground_truth, set_composition
 from experiments.compose import compose_run_config
 from experiments.curate import curate
 from experiments.train import train
@@ -119,18 +122,35 @@ def curated_data(data: DictConfig, manifest: Path) -> DictConfig:
     })  # fmt: skip
 
 
-def train_on(manifest: Path, out: Path, seed: int, a) -> float:
-    """Teacher kNN top-1 (k = 20) on the Fashion-MNIST test set after ``a.train_steps`` steps."""
+def train_config(manifest: Path, out: Path, seed: int, a) -> DictConfig:
+    """The run config of ``a.train_steps`` DINOv2 steps on ``manifest`` (written to ``out``)."""
     overrides = [
         "experiment=dinov2_tiny_fashionmnist", f"trainer.max_steps={a.train_steps}",
         "torch_threads=1", f"seed={seed}", "callbacks.knn_eval.at_train_start=false",
         "callbacks.knn_eval.test_size=null", f"callbacks.knn_eval.train_size={a.knn_bank}",
+        *a.train_overrides,
     ]  # fmt: skip
     cfg = compose_run_config("train", overrides, out, logger="csv")
     OmegaConf.resolve(cfg)  # the model and callbacks read the preset's data keys
     with open_dict(cfg):
         cfg.data = curated_data(cfg.data, manifest)
-    return train(cfg)["probe/knn_top1_k20"]
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out / "composed_config.yaml")
+    return cfg
+
+
+def config_commit() -> str:
+    """The commit of ``configs/`` the runs are composed from, and whether it had local edits
+    (the preset may change under a running benchmark: every run is composed before the first)."""
+
+    def git(*args: str) -> str:
+        root = Path(__file__).resolve().parents[2]
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout
+
+    dirty = git("status", "--porcelain", "--", "configs").strip()
+    return git("log", "-1", "--format=%h", "--", "configs").strip() + (
+        f" + local edits: {' '.join(dirty.split())}" if dirty else " (clean)"
+    )
 
 
 def random_manifest(pool_csv: Path, size: int, out: Path, seed: int) -> Path:
@@ -138,6 +158,21 @@ def random_manifest(pool_csv: Path, size: int, out: Path, seed: int) -> Path:
     pool = read_manifest(pool_csv)
     rows = np.sort(np.random.default_rng(seed).choice(len(pool), size=size, replace=False))
     return write_manifest(out, pool.select(rows, "random"))
+
+
+def composition_table(sets: dict[str, Path], data_dir: str) -> None:
+    """Images per source and the Fashion-MNIST class histogram of each set (why curated wins or
+    loses: a set that misses classes of the test set cannot teach them)."""
+    rows = []
+    for name, path in sets.items():
+        images = ManifestImageSource(path, data_dir)
+        c = set_composition(images.manifest, [images.label(i) for i in range(len(images))])
+        h = c["fashion_classes"]
+        rows.append([name, str(len(images.manifest)), ", ".join(f"{k} {v}" for k, v in
+                     sorted(c["sources"].items())), " / ".join(map(str, h)),
+                     f"{h.min() / max(h.sum(), 1) * len(h):.2f}"])  # fmt: skip
+    _table(["set", "images", "per source", "Fashion-MNIST classes 0-9",
+            "smallest class / uniform share"], rows)  # fmt: skip
 
 
 def _table(header: list[str], rows: list[list[str]]) -> None:
@@ -158,6 +193,8 @@ def main() -> None:
     p.add_argument("--knn-bank", type=int, default=10_000)
     p.add_argument("--random-pairs", type=int, default=2_000_000)
     p.add_argument("--false-degree", type=float, default=0.05, help="false edges per image")
+    p.add_argument("--train-override", action="append", default=[], dest="train_overrides",
+                   help="a train.py override after the preset's (repeatable)")  # fmt: skip
     p.add_argument("overrides", nargs="*", help="curate.py overrides, e.g. curation/backbone=...")
     a = p.parse_args()
     cal = _calibration_run(a)
@@ -178,19 +215,37 @@ def main() -> None:
         "relative_dedup/test_copies_left", "relative_dedup/kept", "curated/images",
         "retrieval/fashion_share")]  # fmt: skip
     _table(["replication (evaluation set-up)", "value"], rows)
+    evaluation = a.work / "evaluation"
+    curated = evaluation / "manifest" / "curated.csv"
+    size = len(read_manifest(curated))
+    pool_csv = evaluation / "replication" / "pool.csv"
+    uncurated = {seed: random_manifest(pool_csv, size, a.work / f"random_seed{seed}.csv", seed)
+                 for seed in a.train_seeds}  # fmt: skip
+    composition_table({
+        "queries": evaluation / "replication" / "queries.csv",
+        "evaluation set": evaluation / "replication" / "eval.csv",
+        "curated": curated,
+        **{f"random pool draw (seed {s})": path for s, path in uncurated.items()},
+    }, os.environ.get("DATA_DIR", "data"))  # fmt: skip
     if a.train_steps <= 0:
         return
-    curated = a.work / "evaluation" / "manifest" / "curated.csv"
-    size = len(read_manifest(curated))
+    # every run is composed now, so all of them use the same preset even if it is edited meanwhile
+    configs = {(seed, name): train_config(path, a.work / f"train_{name}_seed{seed}", seed, a)
+               for seed in a.train_seeds
+               for name, path in (("curated", curated), ("uncurated", uncurated[seed]))}  # fmt: skip
+    print("training configs composed from configs/ at", config_commit())
     rows = []
     for seed in a.train_seeds:  # the random pool draw and the training both follow the seed
-        pool_csv = a.work / "evaluation" / "replication" / "pool.csv"
-        uncurated = random_manifest(pool_csv, size, a.work / f"random_seed{seed}.csv", seed)
-        knn = [train_on(path, a.work / f"train_{name}_seed{seed}", seed, a)
-               for name, path in (("curated", curated), ("uncurated", uncurated))]  # fmt: skip
-        rows.append([str(seed), *(f"{v:.4f}" for v in knn), f"{knn[0] - knn[1]:+.4f}"])
+        knn, cpu = [], []
+        for name in ("curated", "uncurated"):
+            start = time.process_time()  # this process's CPU seconds (data loading runs in it)
+            knn.append(train(configs[seed, name])["probe/knn_top1_k20"])
+            cpu.append(time.process_time() - start)
+            print(f"seed {seed} {name}: kNN {knn[-1]:.4f}, {cpu[-1]:.0f} CPU s", flush=True)
+        rows.append([str(seed), *(f"{v:.4f}" for v in knn), f"{knn[0] - knn[1]:+.4f}",
+                     " / ".join(f"{c:.0f}" for c in cpu)])  # fmt: skip
     _table([f"seed ({a.train_steps} steps, {size} images)", "curated kNN top-1",
-            "uncurated kNN top-1", "curated − uncurated"], rows)  # fmt: skip
+            "uncurated kNN top-1", "curated − uncurated", "CPU s (cur. / unc.)"], rows)  # fmt: skip
 
 
 def _calibration_run(a) -> Path:

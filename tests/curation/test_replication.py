@@ -8,14 +8,19 @@ import torch
 from helpers import SHARED_DATA, has_real_data
 
 from datamodules.curated_datamodule import ManifestImageSource
-from datamodules.curation.manifest import read_manifest
+from datamodules.curation.errors import CurationError
+from datamodules.curation.manifest import Manifest, read_manifest
 from datamodules.curation.replication import (
+    FASHION,
+    FASHION_TEST,
+    MNIST,
     ReplicationConfig,
     augment_copy,
     build_replication,
     count_test_copies_left,
     load_ground_truth,
     self_dedup_scores,
+    set_composition,
 )
 
 needs_data = pytest.mark.skipif(
@@ -67,3 +72,17 @@ def test_scores_on_a_hand_made_result() -> None:
     assert scores["dedup/recall"] == 0.5
     assert scores["dedup/precision"] == 0.5 and scores["dedup/false_removals"] == 1
     assert count_test_copies_left(np.array([0, 3, 5]), np.array([3, 4])) == 1
+
+
+def test_set_composition_counts_sources_and_fashion_classes() -> None:
+    sources = {"mnist": MNIST, "fashion_mnist": FASHION, "test": FASHION_TEST,
+               "planted": {"kind": "npy", "path": "p.npy"}}  # fmt: skip
+    names = ["mnist", "fashion_mnist", "fashion_mnist", "test", "planted", "mnist"]
+    manifest = Manifest(sources, names, range(6))
+    c = set_composition(manifest, [3, 3, 9, 3, 1, 7])
+    assert c["sources"] == {"fashion_mnist": 2, "mnist": 2, "planted": 1, "test": 1}
+    # only the natural Fashion-MNIST rows (either split) count: MNIST digits and planted images
+    # share the label range but are other images
+    assert c["fashion_classes"].tolist() == [0, 0, 0, 2, 0, 0, 0, 0, 0, 1]
+    with pytest.raises(CurationError, match="5 labels for a set of 6"):
+        set_composition(manifest, [0] * 5)
