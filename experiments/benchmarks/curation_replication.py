@@ -2,6 +2,8 @@
 
     python experiments/benchmarks/curation_replication.py                    # everything
     python experiments/benchmarks/curation_replication.py --train-steps 0    # (a), (b) only
+    python experiments/benchmarks/curation_replication.py --work logs/benchmarks/curation_dinov2 \
+        --train-steps 0 curation.ckpt_path=PATH.ckpt curation.embed.image_size=32  # trained embedder
 
 Pool: MNIST + Fashion-MNIST train images, planted exact and augmented duplicates, planted copies
 of Fashion-MNIST *test* images, noise; queries: other Fashion-MNIST train images
@@ -14,11 +16,15 @@ of Fashion-MNIST *test* images, noise; queries: other Fashion-MNIST train images
    evaluation set (relative dedup, never above the self-dedup threshold, as the paper's
    0.45 < 0.6: a missed test copy is worse than a dropped pool image).
 2. The evaluation set-up (seed ``--seed``) curated with them (``experiments/curate.py``):
-   (a) self-dedup precision / recall on its planted duplicates, (b) planted test copies left.
+   (a) self-dedup precision / recall on its planted duplicates, (b) planted test copies left;
+   then what the curated set and the random draws hold (images per source, Fashion-MNIST
+   classes; ``curation_retrieval_modes.py`` does the same for other retrieval settings).
 3. (c) DINOv2 (``experiment=dinov2_tiny_fashionmnist``) trained ``--train-steps`` steps on the
    curated manifest and, with the same budget, on as many random pool images, both through
    ``CuratedDataModule``; the teacher's kNN top-1 (k = 20, bank: 10k Fashion-MNIST train
-   images) on the Fashion-MNIST test set, per ``--train-seeds`` seed.
+   images) on the Fashion-MNIST test set, per ``--train-seeds`` seed. Every run's config is
+   composed before the first run starts (saved as ``composed_config.yaml``; the commit of
+   ``configs/`` is printed), so a preset edited meanwhile cannot mix into the comparison.
 """
 
 import argparse
