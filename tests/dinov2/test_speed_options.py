@@ -6,11 +6,15 @@ change the speed only: the same losses and gradients up to float rounding, the s
 keys, and a plain (bit-identical) path when they are off.
 """
 
+from pathlib import Path
+
 import pytest
 import torch
+from helpers import Crash, CrashAfterStep, compose_config, with_extra_callback
 
 from datamodules.components.masking import BlockMaskGenerator
 from datamodules.components.multicrop_collate import MultiCropCollate
+from experiments.train import train
 from lightning_modules.components.vit import DINOv2Backbone
 from lightning_modules.dinov2_module import DINOv2LitModule
 
@@ -133,3 +137,41 @@ def test_compiled_blocks_give_the_eager_losses_and_keep_checkpoint_keys() -> Non
     keys = compiled.state_dict().keys()
     assert keys == eager.state_dict().keys()
     assert not any("_orig_mod" in key for key in keys)
+
+
+@pytest.mark.slow  # three short trainings with compiled blocks (about 1.5 min here)
+def test_resume_with_every_speed_option_is_bit_exact(
+    tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """6 steps == 3 steps, crash, resume from last.ckpt, 3 steps; compiled and fast paths on."""
+    n = 3
+    overrides = [
+        *tiny, "data.subset=40", "trainer=deterministic", f"trainer.max_steps={2 * n}",
+        "trainer.max_epochs=-1", f"callbacks.periodic_checkpoint.every_n_train_steps={n}",
+        "model.backbone.drop_path=0.2", "model.ibot.separate_head=true", "model.compile=true",
+        "model.skip_unused_tokens=true", "model.merge_head_calls=true",
+        "model.fused_optimizer=true",
+    ]  # fmt: skip
+    torch._dynamo.utils.counters.clear()
+    train(compose_config("train", overrides, tmp_path / "full"))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # the Trainer compiled
+    monkeypatch.setattr(
+        "experiments.train.instantiate_callbacks", with_extra_callback(CrashAfterStep(n))
+    )
+    with pytest.raises(Crash):
+        train(compose_config("train", overrides, tmp_path / "first"))
+    monkeypatch.undo()
+    resumed = [*overrides, f"resume_dir={tmp_path / 'first'}"]
+    train(compose_config("train", resumed, tmp_path / "resumed"))
+
+    full, again = (
+        torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)
+        for run in ("full", "resumed")
+    )
+    assert full["global_step"] == again["global_step"] == 2 * n
+    assert not any("_orig_mod" in key for key in full["state_dict"])
+    for key, value in full["state_dict"].items():
+        assert torch.equal(value, again["state_dict"][key]), key
+    for pid, tensors in full["optimizer_states"][0]["state"].items():
+        for name, tensor in tensors.items():
+            assert torch.equal(tensor, again["optimizer_states"][0]["state"][pid][name])
