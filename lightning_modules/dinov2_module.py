@@ -78,9 +78,9 @@ class DINOv2LitModule(L.LightningModule):
             resampled to the new grid); optimizer and step start fresh.
         require_init_checkpoint: fail at fit start when ``init_checkpoint`` is not set.
         seed: base of the per-step seed that makes drop-path a function of the step.
-        compile: ``torch.compile`` the student and teacher block stacks when the model is
-            configured (off by default: compiling takes minutes on CPU; losses then differ from
-            eager by float rounding, and drop-path draws its masks from Inductor's generator).
+        compile: ``torch.compile`` every student and teacher block when the model is
+            configured (off by default: compiling takes about 2 minutes on this CPU; losses then
+            differ from eager by float rounding).
         fused_optimizer: AdamW with ``fused=True`` (one kernel over all parameters instead of a
             Python loop; rounding differs from the default).
         skip_unused_tokens: run the backbones' last block only for the tokens the losses read

@@ -129,7 +129,7 @@ def test_compiled_blocks_give_the_eager_losses_and_keep_checkpoint_keys() -> Non
     compiled = _module(compile=True)
     compiled.configure_model()
     torch._dynamo.reset()
-    # Inductor draws drop-path masks from its own generator unless told to use eager's
+    # pin random ops to eager's kernels, so drop-path draws the same masks whatever Inductor does
     with torch._inductor.config.patch(fallback_random=True):
         _assert_close(_step(eager, batch), _step(compiled, batch), tol=1e-5)
     # student global and local crops (with grad) and the teacher's (no grad): three graphs
