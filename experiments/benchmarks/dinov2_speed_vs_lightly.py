@@ -43,7 +43,7 @@ CPU time.
 ``--profile VARIANT`` instead profiles a few steps of one row with ``torch.profiler`` and
 prints where the time goes (phases of the step, and aten operators by kind).
 
-    python experiments/benchmarks/dinov2_speed_vs_lightly.py            # ~20 min on 2 busy cores
+    python experiments/benchmarks/dinov2_speed_vs_lightly.py            # ~12 min on 2 busy cores
     python experiments/benchmarks/dinov2_speed_vs_lightly.py --variants ours lightly
     python experiments/benchmarks/dinov2_speed_vs_lightly.py --profile ours
 """
