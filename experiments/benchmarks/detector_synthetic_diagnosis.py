@@ -14,6 +14,10 @@ Runs on the run's own ``val_seen`` split (scene seed 0, the tuning split; the he
   whether it came from another prompt chunk than the GT's category.
 - With ``--chunk-tokens`` the same metrics with shorter prompt chunks (closer to the training
   captions), to measure the caption-length shift.
+- The text path: mean cosine between the tokens of one phrase (and between the colour tokens of
+  different phrases) after MiniLM, after ``feat_map`` and after the encoder, and the sigmoid
+  token probabilities of the query best overlapping each GT, by phrase kind (the GT's own name,
+  same colour, same object, unrelated) and by token (colour word, object words).
 """
 
 import argparse
@@ -22,6 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torchmetrics.detection import MeanAveragePrecision
@@ -40,8 +45,10 @@ def _merge(pred: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, tor
     """Relabels detections and keeps each (pass, query, new label) once, at its best score."""
     key = torch.stack([pred["part"], pred["query"], labels], 1)
     uniq, inverse = key.unique(dim=0, return_inverse=True)
-    scores = pred["scores"].new_zeros(len(uniq)).scatter_reduce(
-        0, inverse, pred["scores"], "amax", include_self=False
+    scores = (
+        pred["scores"]
+        .new_zeros(len(uniq))
+        .scatter_reduce(0, inverse, pred["scores"], "amax", include_self=False)
     )
     first = torch.full((len(uniq),), len(key), dtype=torch.long)
     first = first.scatter_reduce(0, inverse, torch.arange(len(key)), "amin")
@@ -109,6 +116,63 @@ def diagnose(module, loader) -> dict:
             "outcomes": outcomes, "other_chunk": other_chunk, "chunks": n_chunks}  # fmt: skip
 
 
+PHRASE_KINDS = ("own name", "same colour", "same object", "unrelated")
+
+
+def _token_cosines(x: torch.Tensor, positive_map: torch.Tensor) -> tuple[float, float]:
+    """Mean cosine of token pairs within a phrase, and of colour tokens across phrases.
+
+    x: (T, d) token features; positive_map: (C, T) 0/1, one phrase per row.
+    """
+    sim = F.normalize(x, dim=-1) @ F.normalize(x, dim=-1).T
+    tokens = [row.nonzero().flatten() for row in positive_map]
+    within = torch.cat([sim[t][:, t][torch.triu_indices(len(t), len(t), 1).unbind()]
+                        for t in tokens])  # fmt: skip
+    colour = torch.stack([t[0] for t in tokens])
+    across = sim[colour][:, colour][torch.triu_indices(len(colour), len(colour), 1).unbind()]
+    return float(within.mean()), float(across.mean())
+
+
+@torch.no_grad()
+def text_path(module, loader) -> tuple[dict[str, tuple[float, float]], dict]:
+    """Token similarity at each text stage (first val batch, first prompt) and the token
+    probabilities of the best-IoU query per GT by phrase kind (whole split)."""
+    stages: dict[str, list[tuple[float, float]]] = {}
+    probs: dict[tuple[str, str], list[float]] = {}
+    for batch in loader:
+        feats = module.detector.image_features(batch["images"], batch["pad_mask"])
+        for prompt in batch["prompts"]:
+            text = module.text_encoder(prompt.input_ids, prompt.attention_mask)
+            memory = module.encode_prompt(prompt)
+            out = module.detector.forward_features(feats.select(prompt.image_index), memory)
+            for k, b in enumerate(prompt.image_index.tolist()):
+                ids, names = prompt.label_ids[k].tolist(), prompt.names[k]
+                pmap = prompt.positive_map[k, : len(ids)]
+                for stage, x in (("MiniLM", text.feats), ("feat_map", memory.memory_text),
+                                 ("encoder", out.memory_text)):  # fmt: skip
+                    stages.setdefault(stage, []).append(_token_cosines(x[k], pmap))
+                target = batch["targets"][b]
+                iou = box_iou(box_convert(target["boxes"].float(), "cxcywh", "xyxy"),
+                              box_convert(out.boxes[k], "cxcywh", "xyxy"))  # fmt: skip
+                p = out.logits[k].sigmoid()
+                for g, cid in enumerate(target["category_id"].tolist()):
+                    if cid not in ids:
+                        continue
+                    q = int(iou[g].argmax())
+                    gt_colour, gt_object = names[ids.index(cid)].split(" ", 1)
+                    for c, name in enumerate(names):
+                        colour, obj = name.split(" ", 1)
+                        kind = PHRASE_KINDS[0 if ids[c] == cid else 1 if colour == gt_colour
+                                            else 2 if obj == gt_object else 3]  # fmt: skip
+                        tokens = pmap[c].nonzero().flatten()
+                        probs.setdefault((kind, "colour"), []).append(float(p[q, tokens[0]]))
+                        probs.setdefault((kind, "object"), []).append(
+                            float(p[q, tokens[1:]].mean())
+                        )
+    mean = {stage: tuple(torch.tensor(v).mean(0).tolist()) for stage, v in stages.items()}
+    return mean, {key: (sum(v) / len(v), len(v)) for key, v in probs.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint")
@@ -129,8 +193,11 @@ def main() -> None:
     loader = datamodule.val_dataloader()[datamodule.val_names.index("val_seen")]
     print(f"\ncheckpoint {args.checkpoint} (step {ckpt.get('global_step', '?')}), val_seen, "
           f"{len(loader.dataset)} images")  # fmt: skip
-    print("\n| prompt chunks | AP50 name | object only | colour only | class-agnostic | "
-          + " | ".join(OUTCOMES) + " | top det. from another chunk |")
+    print(
+        "\n| prompt chunks | AP50 name | object only | colour only | class-agnostic | "
+        + " | ".join(OUTCOMES)
+        + " | top det. from another chunk |"
+    )
     print("|---" * (6 + len(OUTCOMES)) + "|")
     for tokens in [datamodule.max_tokens, *args.chunk_tokens]:
         loader.collate_fn = DetectionCollate(datamodule.tokenizer, tokens,
@@ -141,6 +208,18 @@ def main() -> None:
         ap = " | ".join(f"{r['ap50'][g]:.3f}" for g in GRANULARITIES)
         print(f"| {r['chunks']} (≤ {tokens} tokens) | {ap} | {shares} | "
               f"{r['other_chunk'] / total:.2f} |")  # fmt: skip
+    loader.collate_fn = DetectionCollate(datamodule.tokenizer, datamodule.max_tokens,
+                                         datamodule.size_divisibility)  # fmt: skip
+    similarity, probs = text_path(module, loader)
+    print("\n| text stage | cosine within a phrase | cosine of colour tokens across phrases |")
+    print("|---|---|---|")
+    for stage, (within, across) in similarity.items():
+        print(f"| {stage} | {within:.3f} | {across:.3f} |")
+    print("\n| phrase (best-IoU query of each GT) | p colour token | p object tokens | pairs |")
+    print("|---|---|---|---|")
+    for kind in PHRASE_KINDS:
+        (pc, n), (po, _) = probs[(kind, "colour")], probs[(kind, "object")]
+        print(f"| {kind} | {pc:.4f} | {po:.4f} | {n} |")
 
 
 if __name__ == "__main__":
