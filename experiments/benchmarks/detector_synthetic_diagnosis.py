@@ -135,8 +135,8 @@ def _token_cosines(x: torch.Tensor, positive_map: torch.Tensor) -> tuple[float, 
 
 @torch.no_grad()
 def text_path(module, loader) -> tuple[dict[str, tuple[float, float]], dict]:
-    """Token similarity at each text stage (first val batch, first prompt) and the token
-    probabilities of the best-IoU query per GT by phrase kind (whole split)."""
+    """Token similarity at each text stage and the token probabilities of the best-IoU query
+    per GT by phrase kind, averaged over every image and prompt chunk of the split."""
     stages: dict[str, list[tuple[float, float]]] = {}
     probs: dict[tuple[str, str], list[float]] = {}
     for batch in loader:
