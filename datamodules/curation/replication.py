@@ -131,6 +131,30 @@ def load_ground_truth(path: str | Path) -> dict[str, np.ndarray]:
         return {k: gt[k] for k in gt.files}
 
 
+def source_groups(
+    gt: dict[str, np.ndarray], n_pool: int, eval_index: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The source image of every pool row ``(n_pool,)`` and evaluation row ``(len(eval_index),)``,
+    one id space: a planted duplicate shares its original's id, a planted test copy its test
+    image's; every other image has its own. The null of the threshold calibration is pairs of
+    distinct ids (``datamodules/curation/calibration.py``).
+
+    ``eval_index``: the evaluation manifest's dataset indices (``eval.csv``), holding every
+    ``gt["test_copy_of"]``.
+    """
+    eval_index = np.asarray(eval_index)
+    pool = np.arange(n_pool, dtype=np.int64)
+    pool[gt["duplicate_rows"]] = pool[gt["original_rows"]]
+    position = {int(k): p for p, k in enumerate(eval_index)}
+    missing = [int(k) for k in gt["test_copy_of"] if int(k) not in position]
+    if missing:
+        raise CurationError(f"test images {missing[:5]} copied into the pool are not in eval.csv")
+    pool[gt["test_copy_rows"]] = n_pool + np.array(
+        [position[int(k)] for k in gt["test_copy_of"]], dtype=np.int64
+    )
+    return pool, n_pool + np.arange(len(eval_index), dtype=np.int64)
+
+
 def self_dedup_scores(
     components: np.ndarray, keep: np.ndarray, duplicate_rows: np.ndarray, original_rows: np.ndarray
 ) -> dict[str, float]:

@@ -11,8 +11,9 @@ of Fashion-MNIST *test* images, noise; queries: other Fashion-MNIST train images
 
 1. Calibration on a held-out set-up (seed ``--calibration-seed``: other images, other planted
    pairs; the evaluation set-up is never looked at): cosines of its planted pairs against
-   random pairs give the thresholds (``datamodules/curation/calibration.py``), each bounding
-   the false edges per image to ``--false-degree`` (0.05) against the pool (self-dedup) or the
+   random pairs of distinct source images (its ground truth names the planted copies, which
+   are left out of this null) give the thresholds (``datamodules/curation/calibration.py``),
+   each bounding the false edges per image to ``--false-degree`` (0.05) against the pool (self-dedup) or the
    evaluation set (relative dedup, never above the self-dedup threshold, as the paper's
    0.45 < 0.6: a missed test copy is worse than a dropped pool image).
 2. The evaluation set-up (seed ``--seed``) curated with them (``experiments/curate.py``):
@@ -40,11 +41,12 @@ from datamodules.curated_datamodule import ManifestImageSource
 from datamodules.curation.calibration import (
     calibrate_threshold,
     pair_cosines,
+    random_cross_pair_cosines,
     random_pair_cosines,
 )
 from datamodules.curation.embed import Embeddings, load_embeddings
 from datamodules.curation.manifest import read_manifest, write_manifest
-from datamodules.curation.replication import load_ground_truth, set_composition
+from datamodules.curation.replication import load_ground_truth, set_composition, source_groups
 from experiments.compose import compose_run_config
 from experiments.curate import curate
 from experiments.train import train
@@ -59,8 +61,15 @@ def _positions(emb: Embeddings, rows: np.ndarray) -> np.ndarray:
     return position[rows]
 
 
-def planted_cosines(work: Path, n_pairs: int) -> dict[str, np.ndarray]:
-    """Cosines of a curated set-up's planted pairs and of ``n_pairs`` random pairs, by kind."""
+def planted_cosines(
+    work: Path, n_pairs: int, exclude_planted: bool = True
+) -> dict[str, np.ndarray]:
+    """Cosines of a curated set-up's planted pairs and of ``n_pairs`` random pairs, by kind.
+
+    The random pairs are pairs of distinct source images: the set-up's own ground truth says
+    which rows are copies of one image (``source_groups``), and those pairs are not drawn
+    (``exclude_planted=False``: the old null, which held the planted pairs; for comparison).
+    """
     pool = load_embeddings(work / "embed_pool")
     ev = load_embeddings(work / "embed_eval_fashion_mnist_test")
     gt = load_ground_truth(work / "replication" / "ground_truth.npz")
@@ -69,16 +78,17 @@ def planted_cosines(work: Path, n_pairs: int) -> dict[str, np.ndarray]:
     eval_index = read_manifest(work / "replication" / "eval.csv").index
     copy_of = _positions(ev, np.searchsorted(eval_index, gt["test_copy_of"]))
     copy = _positions(pool, gt["test_copy_rows"])
-    rng = np.random.default_rng(0)
-    n = n_pairs
+    n_pool = len(read_manifest(work / "replication" / "pool.csv"))
+    pool_groups, eval_groups = source_groups(gt, n_pool, eval_index)
+    groups = {"groups": pool_groups[pool.rows]} if exclude_planted else {}
+    cross = ({"x_groups": pool_groups[pool.rows], "e_groups": eval_groups[ev.rows]}
+             if exclude_planted else {})  # fmt: skip
     return {
         "exact duplicates": pair_cosines(x[dup[~gt["augmented"]]], x[orig[~gt["augmented"]]]),
         "augmented duplicates": pair_cosines(x[dup[gt["augmented"]]], x[orig[gt["augmented"]]]),
         "test copies": pair_cosines(x[copy], e[copy_of]),
-        "random pool pairs": random_pair_cosines(x, n),
-        "random pool-eval pairs": pair_cosines(
-            x[rng.integers(0, len(x), n)], e[rng.integers(0, len(e), n)]
-        ),
+        "random pool pairs": random_pair_cosines(x, n_pairs, seed=0, **groups),
+        "random pool-eval pairs": random_cross_pair_cosines(x, e, n_pairs, seed=1, **cross),
     }
 
 
@@ -199,12 +209,17 @@ def main() -> None:
     p.add_argument("--knn-bank", type=int, default=10_000)
     p.add_argument("--random-pairs", type=int, default=2_000_000)
     p.add_argument("--false-degree", type=float, default=0.05, help="false edges per image")
+    p.add_argument(
+        "--keep-planted-in-null",
+        action="store_true",
+        help="old calibration: random pairs may be planted pairs (for comparison)",
+    )
     p.add_argument("--train-override", action="append", default=[], dest="train_overrides",
                    help="a train.py override after the preset's (repeatable)")  # fmt: skip
     p.add_argument("overrides", nargs="*", help="curate.py overrides, e.g. curation/backbone=...")
     a = p.parse_args()
     cal = _calibration_run(a)
-    cos = planted_cosines(cal, a.random_pairs)
+    cos = planted_cosines(cal, a.random_pairs, not a.keep_planted_in_null)
     quantiles = (0.01, 0.5, 0.99, 0.999, 0.99999)
     _table(["calibration pairs", "n", *(f"cos q{q:g}" for q in quantiles)],
            [[k, str(len(v)), *(f"{np.quantile(v, q):.4f}" for q in quantiles)]

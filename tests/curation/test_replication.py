@@ -21,6 +21,7 @@ from datamodules.curation.replication import (
     load_ground_truth,
     self_dedup_scores,
     set_composition,
+    source_groups,
 )
 
 needs_data = pytest.mark.skipif(
@@ -52,6 +53,31 @@ def test_planted_items_match_the_ground_truth(tmp_path: Path) -> None:
     queries = read_manifest(tmp_path / "queries.csv")
     pool_fashion = pool.manifest.index[pool.manifest.source == "fashion_mnist"]
     assert len(queries) == 10 and not np.isin(queries.index, pool_fashion).any()
+
+
+@needs_data
+def test_source_groups_tie_each_planted_copy_to_its_source_only(tmp_path: Path) -> None:
+    meta = build_replication(tmp_path, SHARED_DATA, SMALL)
+    gt = load_ground_truth(tmp_path / "ground_truth.npz")
+    evals = read_manifest(tmp_path / "eval.csv")
+    pool_groups, eval_groups = source_groups(gt, meta["pool"], evals.index)
+    assert pool_groups.shape == (meta["pool"],) and eval_groups.shape == (20,)
+    assert np.array_equal(pool_groups[gt["duplicate_rows"]], pool_groups[gt["original_rows"]])
+    copy_of = np.searchsorted(evals.index, gt["test_copy_of"])
+    assert np.array_equal(pool_groups[gt["test_copy_rows"]], eval_groups[copy_of])
+    # every other image is its own source: one group per natural, noise and evaluation image
+    everything = np.concatenate([pool_groups, eval_groups])
+    assert len(np.unique(everything)) == meta["pool"] + 20 - 4 - 4 - 3
+
+
+def test_source_groups_name_a_copied_image_missing_from_the_evaluation_set() -> None:
+    gt = {"duplicate_rows": np.array([3]), "original_rows": np.array([0]),
+          "test_copy_rows": np.array([4]), "test_copy_of": np.array([77])}  # fmt: skip
+    with pytest.raises(CurationError, match=r"test images \[77\] copied into the pool"):
+        source_groups(gt, 5, np.array([10, 11]))
+    gt["test_copy_of"] = np.array([11])
+    pool, evals = source_groups(gt, 5, np.array([10, 11]))
+    assert pool.tolist() == [0, 1, 2, 0, 6] and evals.tolist() == [5, 6]
 
 
 def test_augment_copy_is_a_near_duplicate() -> None:
