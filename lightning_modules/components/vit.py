@@ -6,7 +6,7 @@ positions *before* positional embeddings and prefix tokens, a stochastic-depth r
 uniform across blocks, and outputs split into CLS / register / patch tokens.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import timm
@@ -17,6 +17,9 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 FFNType = Literal["mlp", "swiglu"]
+# per_sample: timm's DropPath (Bernoulli per sample, the branch is computed and multiplied by 0);
+# batch_subset: the reference's efficient stochastic depth (the branch runs only on kept samples)
+DropPathMode = Literal["per_sample", "batch_subset"]
 # embed_dim of timm's ``vit_{size}_patch14[_reg4]_dinov2`` names, for FFN overrides (ViT-L SwiGLU)
 _TIMM_EMBED_DIMS = {"small": 384, "base": 768, "large": 1024, "giant": 1536}
 
@@ -63,6 +66,10 @@ class DINOv2Backbone(nn.Module):
         mlp_ratio: MLP width ratio for ``ffn='mlp'`` without ``arch`` (4).
         layerscale_init: LayerScale ``gamma`` init (1e-5); None disables LayerScale.
         drop_path: stochastic-depth rate, the same for every block.
+        drop_path_mode: ``per_sample`` (timm's Bernoulli mask per sample) or ``batch_subset``
+            (spec §2.2, the reference's efficient stochastic depth: each residual branch runs on
+            an exact random subset of ⌊(1−d)B⌋ samples, rescaled by B/subset, so dropped
+            samples cost no FLOPs). Same expectation; different random draws.
         pretrained: load timm's DINOv2 weights (needs internet); never the default.
     """
 
@@ -80,6 +87,7 @@ class DINOv2Backbone(nn.Module):
         mlp_ratio: float = 4.0,
         layerscale_init: float | None = 1e-5,
         drop_path: float = 0.0,
+        drop_path_mode: DropPathMode = "per_sample",
         pretrained: bool = False,
     ) -> None:
         super().__init__()
@@ -121,7 +129,7 @@ class DINOv2Backbone(nn.Module):
         self.num_blocks: int = len(self.vit.blocks)
         # iBOT mask token, zeros at init (spec §2.2); (1, D)
         self.mask_token = nn.Parameter(torch.zeros(1, self.embed_dim))
-        self.set_drop_path(drop_path)
+        self.set_drop_path(drop_path, drop_path_mode)
         if not pretrained:
             self._reset_swiglu_init()
 
@@ -181,14 +189,37 @@ class DINOv2Backbone(nn.Module):
         """1 (CLS) + R (registers)."""
         return int(self.vit.num_prefix_tokens)
 
-    def set_drop_path(self, rate: float) -> None:
-        """Give every block the same stochastic-depth ``rate`` (timm defaults to a 0→rate ramp)."""
+    def set_drop_path(self, rate: float, mode: DropPathMode | None = None) -> None:
+        """Give every block the same stochastic-depth ``rate`` (timm defaults to a 0→rate ramp).
+
+        ``mode`` keeps the current one when None. In ``batch_subset`` mode the blocks' own
+        ``drop_path1/2`` are identities and :meth:`_run_block` drops whole samples instead.
+        """
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"drop_path must be in [0, 1), got {rate}")
+        mode = mode or getattr(self, "drop_path_mode", "per_sample")
+        if mode not in ("per_sample", "batch_subset"):
+            raise ValueError(f"drop_path_mode must be 'per_sample' or 'batch_subset', got {mode!r}")
+        per_sample = rate > 0 and mode == "per_sample"
         for block in self.vit.blocks:
-            block.drop_path1 = DropPath(rate) if rate > 0 else nn.Identity()
-            block.drop_path2 = DropPath(rate) if rate > 0 else nn.Identity()
+            block.drop_path1 = DropPath(rate) if per_sample else nn.Identity()
+            block.drop_path2 = DropPath(rate) if per_sample else nn.Identity()
         self.drop_path_rate = rate
+        self.drop_path_mode: DropPathMode = mode
+
+    @property
+    def _subset_rate(self) -> float | None:
+        """The batch-subset drop rate while it applies (training, rate > 0), else None."""
+        subset = self.drop_path_mode == "batch_subset" and self.drop_path_rate > 0
+        return self.drop_path_rate if subset and self.training else None
+
+    def _run_block(self, block: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        """``block(tokens)`` (B, T, D), with batch-subset stochastic depth when it applies."""
+        rate = self._subset_rate
+        if rate is None:
+            return block(tokens)
+        tokens = _subset_residual(tokens, lambda t: block.ls1(block.attn(block.norm1(t))), rate)
+        return _subset_residual(tokens, lambda t: block.ls2(block.mlp(block.norm2(t))), rate)
 
     def compile_blocks(self) -> None:
         """Compile every transformer block in place with ``torch.compile`` (Inductor).
@@ -198,6 +229,9 @@ class DINOv2Backbone(nn.Module):
         ``dynamic=False`` gives one static graph per token shape (global, local; training and
         no-grad), compiled on first use. ``nn.Module.compile`` keeps the modules, their
         parameters and the state-dict keys (no ``_orig_mod.`` prefix): checkpoints are unchanged.
+        With ``drop_path_mode='batch_subset'`` a training backbone with drop-path runs its
+        blocks branch by branch (:meth:`_run_block`), so only its no-drop-path calls (eval,
+        the teacher) use the compiled graphs.
         """
         for block in self.vit.blocks:
             block.compile(dynamic=False)
@@ -239,7 +273,7 @@ class DINOv2Backbone(nn.Module):
         """
         tokens = self.prepare_tokens(x, masks)
         for block in self.vit.blocks:
-            tokens = block(tokens)
+            tokens = self._run_block(block, tokens)
         normed = self.vit.norm(tokens)
         r = self.num_register_tokens
         out = {"cls": normed[:, 0], "reg": normed[:, 1 : 1 + r], "patch": normed[:, 1 + r :]}
@@ -272,7 +306,7 @@ class DINOv2Backbone(nn.Module):
         tokens = self.prepare_tokens(x, masks)
         *body, last = self.vit.blocks
         for block in body:
-            tokens = block(tokens)
+            tokens = self._run_block(block, tokens)
         b, t, _ = tokens.shape
         n_patches = t - self.num_prefix_tokens
         if patch_index is None:
@@ -281,7 +315,7 @@ class DINOv2Backbone(nn.Module):
         position = patch_index - crop * n_patches + self.num_prefix_tokens
         all_crops = torch.arange(b, device=x.device)
         rows = (torch.cat([all_crops, crop]), torch.cat([torch.zeros_like(all_crops), position]))
-        out = self.vit.norm(_block_at(last, tokens, *rows))
+        out = self.vit.norm(_block_at(last, tokens, *rows, subset_rate=self._subset_rate))
         return {"cls": out[:b], "patch": out[b:]}
 
     def get_intermediate_layers(
@@ -299,7 +333,7 @@ class DINOv2Backbone(nn.Module):
         tokens = self.prepare_tokens(x)
         outputs = []
         for i, block in enumerate(self.vit.blocks[: wanted[-1] + 1]):
-            tokens = block(tokens)
+            tokens = self._run_block(block, tokens)
             if i in wanted:
                 normed = self.vit.norm(tokens)
                 outputs.append((normed[:, self.num_prefix_tokens :], normed[:, 0]))
@@ -310,15 +344,51 @@ class DINOv2Backbone(nn.Module):
         return self.forward_features(x)["cls"]
 
 
+def _subset_size(batch: int, rate: float) -> int:
+    """Samples kept by batch-subset stochastic depth: ⌊(1−rate)·B⌋, at least 1 (as the reference)."""
+    return max(int(batch * (1.0 - rate)), 1)
+
+
+def _subset_residual(
+    x: torch.Tensor, branch: Callable[[torch.Tensor], torch.Tensor], rate: float
+) -> torch.Tensor:
+    """``x + branch(x)`` (B, T, D) with the branch run on a random subset of the samples only.
+
+    The kept samples' residuals are scaled by B/subset, so the expectation over the draw equals
+    ``x + branch(x)``; the dropped samples pass through unchanged and cost nothing.
+    """
+    b = x.shape[0]
+    keep = _subset_size(b, rate)
+    index = torch.randperm(b, device=x.device)[:keep]
+    return torch.index_add(x, 0, index, branch(x[index]).to(x.dtype), alpha=b / keep)
+
+
+def _subset_keep_factor(x: torch.Tensor, rate: float) -> torch.Tensor:
+    """(B, 1) residual factors of one batch-subset draw: B/subset for kept samples, else 0.
+
+    Draws the same random numbers as :func:`_subset_residual`, so a block evaluated row by
+    row drops the same samples as the whole block.
+    """
+    b = x.shape[0]
+    keep = _subset_size(b, rate)
+    index = torch.randperm(b, device=x.device)[:keep]
+    return x.new_zeros(b, 1).index_fill_(0, index, b / keep)
+
+
 def _block_at(
-    block: nn.Module, x: torch.Tensor, crop: torch.Tensor, position: torch.Tensor
+    block: nn.Module,
+    x: torch.Tensor,
+    crop: torch.Tensor,
+    position: torch.Tensor,
+    subset_rate: float | None = None,
 ) -> torch.Tensor:
     """Rows ``block(x)[crop, position]`` (S, D) of a timm ``Block``, computed for those rows only.
 
     Every token of a crop still provides keys and values; queries are gathered per crop, padded
     to the largest count (the padding rows are computed and dropped), so attention needs no
     gather of keys. Drop-path draws one (B,) mask per branch in the block's own order, so the
-    random numbers match ``block(x)``.
+    random numbers match ``block(x)``; with ``subset_rate`` the mask comes from a batch-subset
+    draw (matching ``DINOv2Backbone._run_block``), applied as factors (no FLOPs saved here).
     """
     attn = block.attn
     plain = hasattr(attn, "qkv") and getattr(attn, "gate", None) is None
@@ -350,7 +420,11 @@ def _block_at(
     y = F.scaled_dot_product_attention(attn.q_norm(q), attn.k_norm(k), v)  # (B, heads, Q, hd)
     y = attn.norm(y.transpose(1, 2).flatten(2)[crop, slot])  # (S, heads·hd)
     y = attn.proj_drop(attn.proj(y))
-    keep1 = block.drop_path1(x.new_ones(b, 1))  # (B, 1): 0 or 1/keep in training, else 1
-    keep2 = block.drop_path2(x.new_ones(b, 1))
+    if subset_rate is None:
+        keep1 = block.drop_path1(x.new_ones(b, 1))  # (B, 1): 0 or 1/keep in training, else 1
+        keep2 = block.drop_path2(x.new_ones(b, 1))
+    else:
+        keep1 = _subset_keep_factor(x, subset_rate)
+        keep2 = _subset_keep_factor(x, subset_rate)
     y = x[crop, position] + block.ls1(y) * keep1[crop]
     return y + block.ls2(block.mlp(block.norm2(y))) * keep2[crop]

@@ -16,7 +16,7 @@ from experiments.train import train
 N = 3  # 40 images at batch 8: 5 steps per epoch, so N is mid-epoch and 2N crosses an epoch
 
 
-def _overrides(tiny) -> list[str]:
+def _overrides(tiny, drop_path_mode: str = "per_sample") -> list[str]:
     return [
         *tiny,
         "data.subset=40",
@@ -25,6 +25,7 @@ def _overrides(tiny) -> list[str]:
         "trainer.max_epochs=-1",
         f"callbacks.periodic_checkpoint.every_n_train_steps={N}",
         "model.backbone.drop_path=0.2",  # random per step: must be reproduced after resume
+        f"model.backbone.drop_path_mode={drop_path_mode}",
         "model.ibot.separate_head=true",
         "model.optim.warmup=2",
         "model.optim.freeze_last_layer=1",
@@ -36,17 +37,21 @@ def _last(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
 
 
-def test_resume_is_bit_exact(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    train(compose_config("train", _overrides(tiny), tmp_path / "full"))
+@pytest.mark.parametrize("drop_path_mode", ["per_sample", "batch_subset"])
+def test_resume_is_bit_exact(
+    tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, drop_path_mode: str
+) -> None:
+    overrides = _overrides(tiny, drop_path_mode)
+    train(compose_config("train", overrides, tmp_path / "full"))
 
     monkeypatch.setattr(
         "experiments.train.instantiate_callbacks", with_extra_callback(CrashAfterStep(N))
     )
     with pytest.raises(Crash):
-        train(compose_config("train", _overrides(tiny), tmp_path / "first"))
+        train(compose_config("train", overrides, tmp_path / "first"))
     assert _last(tmp_path / "first")["global_step"] == N
     monkeypatch.undo()
-    resumed_overrides = [*_overrides(tiny), f"resume_dir={tmp_path / 'first'}"]
+    resumed_overrides = [*overrides, f"resume_dir={tmp_path / 'first'}"]
     train(compose_config("train", resumed_overrides, tmp_path / "resumed"))
 
     full, resumed = _last(tmp_path / "full"), _last(tmp_path / "resumed")
