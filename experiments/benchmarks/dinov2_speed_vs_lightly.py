@@ -23,6 +23,8 @@ Rows (``--variants``), all fp32:
   with d = 0.1 that drops 12.5 % of the 32 global and 10.2 % of the 128 local crops per branch,
   against 10 % in expectation for timm's per-sample drop-path).
 - ``ours-fast-compiled``: ``ours-fast`` plus ``compile`` (every ViT block through ``torch.compile``).
+- ``ours-fast-subset-compiled``: ``ours-fast-subset`` plus ``compile`` (the subset drop-path
+  lives in the block's ``forward``, so it is compiled with the block).
 - ``lightly``: lightly's building blocks as its DINOv2 example wires them (eager).
 - ``lightly-compiled``: the same with the generic switches any user can flip: every block of
   its (the same timm) ViT through the same ``torch.compile`` call, and AdamW ``fused=True``.
@@ -72,7 +74,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 Step = Callable[[int], None]
 VARIANTS = (
-    "ours", "ours-fast", "ours-fast-subset", "ours-fast-compiled", "lightly", "lightly-compiled"
+    "ours", "ours-fast", "ours-fast-subset", "ours-fast-compiled", "ours-fast-subset-compiled",
+    "lightly", "lightly-compiled",
 )  # fmt: skip
 # aten operators by kind, for the profile's breakdown (self CPU time); the rest is "other"
 _MATMUL = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution",
@@ -265,8 +268,8 @@ def build_step(a: argparse.Namespace, variant: str) -> Step:
     if variant.startswith("lightly"):
         return lightly_step(a, batch, compiled=variant == "lightly-compiled")
     return ours(
-        a, batch, fast=variant != "ours", compiled=variant == "ours-fast-compiled",
-        subset=variant == "ours-fast-subset",
+        a, batch, fast=variant != "ours", compiled=variant.endswith("compiled"),
+        subset="subset" in variant,
     )  # fmt: skip
 
 
@@ -391,7 +394,7 @@ def report(a: argparse.Namespace, results: dict[str, dict[str, Any]], peak: floa
         f"{a.local_size} px x 2+{a.n_local}, batch {a.batch}, K={a.prototypes}, "
         f"{a.threads} thread(s), {a.rounds} interleaved timed steps per row"
     )
-    print(f"{'row':<20}{'wall s':>7}{'(q1-q3)':>13}{'CPU s':>7}{'images/s':>9}"
+    print(f"{'row':<27}{'wall s':>7}{'(q1-q3)':>13}{'CPU s':>7}{'images/s':>9}"
           f"{'peak MiB':>9}{'steady MiB':>11}{'GFLOP/step':>11}{'GFLOP/s':>8}{'of peak':>8}"
           f"{'compile s':>10}")  # fmt: skip
     for row, r in results.items():
@@ -399,7 +402,7 @@ def report(a: argparse.Namespace, results: dict[str, dict[str, Any]], peak: floa
         q1, _, q3 = statistics.quantiles(r["times"], n=4)
         gflops = r["flops"] / 1e9
         compile_s = f"{r['compile_s']:.1f}" if row.endswith("compiled") else "-"
-        print(f"{row:<20}{t:>7.3f}{f'({q1:.2f}-{q3:.2f})':>13}{c:>7.3f}{a.batch / t:>9.2f}"
+        print(f"{row:<27}{t:>7.3f}{f'({q1:.2f}-{q3:.2f})':>13}{c:>7.3f}{a.batch / t:>9.2f}"
               f"{r['peak_mib']:>9.0f}{r['steady_mib']:>11.0f}{gflops:>11.2f}"
               f"{gflops / t:>8.2f}{gflops / t / peak:>8.1%}{compile_s:>10}")  # fmt: skip
     print(f"fp32 matmul peak ({a.threads} thread(s), 1024^3): {peak:.1f} GFLOP/s")

@@ -6,7 +6,7 @@ positions *before* positional embeddings and prefix tokens, a stochastic-depth r
 uniform across blocks, and outputs split into CLS / register / patch tokens.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import timm
@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath, GluMlp, SwiGLUPacked
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+
+from lightning_modules.components.vit_block import DINOv2Block, subset_keep_factor
 
 FFNType = Literal["mlp", "swiglu"]
 # per_sample: timm's DropPath (Bernoulli per sample, the branch is computed and multiplied by 0);
@@ -106,6 +108,7 @@ class DINOv2Backbone(nn.Module):
                 # Registers carry no positional embedding (spec §2.4), as in timm's _reg4 archs.
                 no_embed_class=bool(num_register_tokens),
                 dynamic_img_size=True,
+                block_fn=DINOv2Block,
                 **_ffn_kwargs(ffn or "mlp", embed_dim, mlp_ratio),
             )
         else:
@@ -174,6 +177,7 @@ class DINOv2Backbone(nn.Module):
             img_size=img_size,
             num_classes=0,
             dynamic_img_size=True,
+            block_fn=DINOv2Block,
             **kwargs,
         )
         if not isinstance(vit, VisionTransformer):
@@ -193,7 +197,7 @@ class DINOv2Backbone(nn.Module):
         """Give every block the same stochastic-depth ``rate`` (timm defaults to a 0→rate ramp).
 
         ``mode`` keeps the current one when None. In ``batch_subset`` mode the blocks' own
-        ``drop_path1/2`` are identities and :meth:`_run_block` drops whole samples instead.
+        ``drop_path1/2`` are identities and each ``DINOv2Block`` drops a sample subset instead.
         """
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"drop_path must be in [0, 1), got {rate}")
@@ -204,22 +208,9 @@ class DINOv2Backbone(nn.Module):
         for block in self.vit.blocks:
             block.drop_path1 = DropPath(rate) if per_sample else nn.Identity()
             block.drop_path2 = DropPath(rate) if per_sample else nn.Identity()
+            block.subset_drop_rate = rate if mode == "batch_subset" else 0.0
         self.drop_path_rate = rate
         self.drop_path_mode: DropPathMode = mode
-
-    @property
-    def _subset_rate(self) -> float | None:
-        """The batch-subset drop rate while it applies (training, rate > 0), else None."""
-        subset = self.drop_path_mode == "batch_subset" and self.drop_path_rate > 0
-        return self.drop_path_rate if subset and self.training else None
-
-    def _run_block(self, block: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-        """``block(tokens)`` (B, T, D), with batch-subset stochastic depth when it applies."""
-        rate = self._subset_rate
-        if rate is None:
-            return block(tokens)
-        tokens = _subset_residual(tokens, lambda t: block.ls1(block.attn(block.norm1(t))), rate)
-        return _subset_residual(tokens, lambda t: block.ls2(block.mlp(block.norm2(t))), rate)
 
     def compile_blocks(self) -> None:
         """Compile every transformer block in place with ``torch.compile`` (Inductor).
@@ -229,9 +220,7 @@ class DINOv2Backbone(nn.Module):
         ``dynamic=False`` gives one static graph per token shape (global, local; training and
         no-grad), compiled on first use. ``nn.Module.compile`` keeps the modules, their
         parameters and the state-dict keys (no ``_orig_mod.`` prefix): checkpoints are unchanged.
-        With ``drop_path_mode='batch_subset'`` a training backbone with drop-path runs its
-        blocks branch by branch (:meth:`_run_block`), so only its no-drop-path calls (eval,
-        the teacher) use the compiled graphs.
+        The batch-subset drop-path lives in the block's ``forward`` and is compiled with it.
         """
         for block in self.vit.blocks:
             block.compile(dynamic=False)
@@ -273,7 +262,7 @@ class DINOv2Backbone(nn.Module):
         """
         tokens = self.prepare_tokens(x, masks)
         for block in self.vit.blocks:
-            tokens = self._run_block(block, tokens)
+            tokens = block(tokens)
         normed = self.vit.norm(tokens)
         r = self.num_register_tokens
         out = {"cls": normed[:, 0], "reg": normed[:, 1 : 1 + r], "patch": normed[:, 1 + r :]}
@@ -306,7 +295,7 @@ class DINOv2Backbone(nn.Module):
         tokens = self.prepare_tokens(x, masks)
         *body, last = self.vit.blocks
         for block in body:
-            tokens = self._run_block(block, tokens)
+            tokens = block(tokens)
         b, t, _ = tokens.shape
         n_patches = t - self.num_prefix_tokens
         if patch_index is None:
@@ -315,7 +304,7 @@ class DINOv2Backbone(nn.Module):
         position = patch_index - crop * n_patches + self.num_prefix_tokens
         all_crops = torch.arange(b, device=x.device)
         rows = (torch.cat([all_crops, crop]), torch.cat([torch.zeros_like(all_crops), position]))
-        out = self.vit.norm(_block_at(last, tokens, *rows, subset_rate=self._subset_rate))
+        out = self.vit.norm(_block_at(last, tokens, *rows))
         return {"cls": out[:b], "patch": out[b:]}
 
     def get_intermediate_layers(
@@ -333,7 +322,7 @@ class DINOv2Backbone(nn.Module):
         tokens = self.prepare_tokens(x)
         outputs = []
         for i, block in enumerate(self.vit.blocks[: wanted[-1] + 1]):
-            tokens = self._run_block(block, tokens)
+            tokens = block(tokens)
             if i in wanted:
                 normed = self.vit.norm(tokens)
                 outputs.append((normed[:, self.num_prefix_tokens :], normed[:, 0]))
@@ -344,51 +333,16 @@ class DINOv2Backbone(nn.Module):
         return self.forward_features(x)["cls"]
 
 
-def _subset_size(batch: int, rate: float) -> int:
-    """Samples kept by batch-subset stochastic depth: ⌊(1−rate)·B⌋, at least 1 (as the reference)."""
-    return max(int(batch * (1.0 - rate)), 1)
-
-
-def _subset_residual(
-    x: torch.Tensor, branch: Callable[[torch.Tensor], torch.Tensor], rate: float
-) -> torch.Tensor:
-    """``x + branch(x)`` (B, T, D) with the branch run on a random subset of the samples only.
-
-    The kept samples' residuals are scaled by B/subset, so the expectation over the draw equals
-    ``x + branch(x)``; the dropped samples pass through unchanged and cost nothing.
-    """
-    b = x.shape[0]
-    keep = _subset_size(b, rate)
-    index = torch.randperm(b, device=x.device)[:keep]
-    return torch.index_add(x, 0, index, branch(x[index]).to(x.dtype), alpha=b / keep)
-
-
-def _subset_keep_factor(x: torch.Tensor, rate: float) -> torch.Tensor:
-    """(B, 1) residual factors of one batch-subset draw: B/subset for kept samples, else 0.
-
-    Draws the same random numbers as :func:`_subset_residual`, so a block evaluated row by
-    row drops the same samples as the whole block.
-    """
-    b = x.shape[0]
-    keep = _subset_size(b, rate)
-    index = torch.randperm(b, device=x.device)[:keep]
-    return x.new_zeros(b, 1).index_fill_(0, index, b / keep)
-
-
 def _block_at(
-    block: nn.Module,
-    x: torch.Tensor,
-    crop: torch.Tensor,
-    position: torch.Tensor,
-    subset_rate: float | None = None,
+    block: nn.Module, x: torch.Tensor, crop: torch.Tensor, position: torch.Tensor
 ) -> torch.Tensor:
     """Rows ``block(x)[crop, position]`` (S, D) of a timm ``Block``, computed for those rows only.
 
     Every token of a crop still provides keys and values; queries are gathered per crop, padded
     to the largest count (the padding rows are computed and dropped), so attention needs no
     gather of keys. Drop-path draws one (B,) mask per branch in the block's own order, so the
-    random numbers match ``block(x)``; with ``subset_rate`` the mask comes from a batch-subset
-    draw (matching ``DINOv2Backbone._run_block``), applied as factors (no FLOPs saved here).
+    random numbers match ``block(x)``; a ``DINOv2Block`` in batch-subset mode draws its subsets
+    as ``block(x)`` does, applied here as factors (no FLOPs saved in this last block).
     """
     attn = block.attn
     plain = hasattr(attn, "qkv") and getattr(attn, "gate", None) is None
@@ -420,11 +374,12 @@ def _block_at(
     y = F.scaled_dot_product_attention(attn.q_norm(q), attn.k_norm(k), v)  # (B, heads, Q, hd)
     y = attn.norm(y.transpose(1, 2).flatten(2)[crop, slot])  # (S, heads·hd)
     y = attn.proj_drop(attn.proj(y))
-    if subset_rate is None:
+    subset_rate = getattr(block, "subset_drop_rate", 0.0) if block.training else 0.0
+    if not subset_rate:
         keep1 = block.drop_path1(x.new_ones(b, 1))  # (B, 1): 0 or 1/keep in training, else 1
         keep2 = block.drop_path2(x.new_ones(b, 1))
     else:
-        keep1 = _subset_keep_factor(x, subset_rate)
-        keep2 = _subset_keep_factor(x, subset_rate)
+        keep1 = subset_keep_factor(x, subset_rate)
+        keep2 = subset_keep_factor(x, subset_rate)
     y = x[crop, position] + block.ls1(y) * keep1[crop]
     return y + block.ls2(block.mlp(block.norm2(y))) * keep2[crop]

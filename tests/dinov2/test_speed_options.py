@@ -135,12 +135,14 @@ def test_fused_optimizer_takes_the_same_step() -> None:
 
 
 @pytest.mark.slow  # compiling the blocks takes about a minute on this CPU
-def test_compiled_blocks_give_the_eager_losses_and_keep_checkpoint_keys() -> None:
+@pytest.mark.parametrize("mode", ["per_sample", "batch_subset"])
+def test_compiled_blocks_give_the_eager_losses_and_keep_checkpoint_keys(mode: str) -> None:
     batch = _batch()
-    eager = _module()
-    compiled = _module(compile=True)
+    eager = _module(drop_path_mode=mode)
+    compiled = _module(drop_path_mode=mode, compile=True)
     compiled.configure_model()
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     # pin random ops to eager's kernels, so drop-path draws the same masks whatever Inductor does
     with torch._inductor.config.patch(fallback_random=True):
         _assert_close(_step(eager, batch), _step(compiled, batch), tol=1e-5)

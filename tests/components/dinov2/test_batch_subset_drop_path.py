@@ -7,10 +7,11 @@ its cost (the branches see only the kept samples) and for its expectation over d
 import pytest
 import torch
 
-from lightning_modules.components.vit import (
-    DINOv2Backbone,
-    _subset_keep_factor,
-    _subset_residual,
+from lightning_modules.components.vit import DINOv2Backbone
+from lightning_modules.components.vit_block import (
+    DINOv2Block,
+    subset_keep_factor,
+    subset_residual,
 )
 
 B, RATE = 10, 0.3  # keeps ⌊0.7·10⌋ = 7 samples, each branch scaled by 10/7
@@ -41,7 +42,7 @@ def test_block_equals_per_sample_factors_of_the_same_draw() -> None:
     block = backbone.vit.blocks[0]
     x = torch.randn(B, 17, 32)
     torch.manual_seed(5)
-    out = backbone._run_block(block, x)
+    out = block(x)
     torch.testing.assert_close(out, _reference_block(block, x, seed=5), rtol=0, atol=1e-6)
     dropped = (out - x).abs().sum(dim=(1, 2)) == 0  # neither branch ran for these samples
     assert 0 <= int(dropped.sum()) <= B - int(B * (1 - RATE))
@@ -70,12 +71,25 @@ def test_expectation_over_draws_is_the_undropped_residual(draw: str) -> None:
     x = torch.randn(B, 4)
     torch.manual_seed(0)
     if draw == "residual":
-        outs = [_subset_residual(x, lambda t: 2 * t, RATE) - x for _ in range(20000)]
+        outs = [subset_residual(x, lambda t: 2 * t, RATE) - x for _ in range(20000)]
     else:
-        outs = [_subset_keep_factor(x, RATE) * (2 * x) for _ in range(20000)]
+        outs = [subset_keep_factor(x, RATE) * (2 * x) for _ in range(20000)]
     mean = torch.stack(outs).mean(0)
     torch.testing.assert_close(mean, 2 * x, rtol=0.03, atol=0.03)
     assert not torch.allclose(outs[0], 2 * x)  # one draw drops samples
+
+
+def test_blocks_keep_timm_parameter_names() -> None:
+    """The subclass adds no parameters: state dicts match a plain timm ViT of the same shape."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    ours = _backbone().vit
+    assert all(type(b) is DINOv2Block for b in ours.blocks)
+    plain = VisionTransformer(
+        img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, init_values=0.5,
+        num_classes=0, dynamic_img_size=True,
+    )  # fmt: skip
+    assert ours.state_dict().keys() == plain.state_dict().keys()
 
 
 def test_per_sample_mode_is_timm_drop_path_and_modes_are_validated() -> None:
