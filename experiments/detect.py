@@ -86,7 +86,11 @@ def load_model(checkpoint: str | None = None, experiment: str = "gdino_tiny_synt
         ckpt = load_checkpoint(checkpoint)
         if "run_config" not in ckpt:
             raise UserFacingError(f"checkpoint {checkpoint} has no run config (not from train.py)")
-        model = instantiate(OmegaConf.create(ckpt["run_config"]).model)
+        model_cfg = OmegaConf.create(ckpt["run_config"]).model
+        backbone_cfg = OmegaConf.select(model_cfg, "detector.backbone")
+        if backbone_cfg is not None and backbone_cfg.get("checkpoint"):
+            backbone_cfg.checkpoint = None  # the trained weights below replace the init file
+        model = instantiate(model_cfg)
         check_state_dict_compatible(ckpt, model, checkpoint)
         model.load_state_dict(ckpt["state_dict"])
     else:

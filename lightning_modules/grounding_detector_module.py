@@ -212,7 +212,10 @@ class GroundingDetectorLitModule(L.LightningModule):
         for group in optimizer.param_groups:
             group["lr"] = group["lr"] * group["lr_mult"]
         schedule = StepDropSchedule(hp.lr_drops, hp.lr_drop_factor, hp.warmup_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        # Wrapped in a plain function: LambdaLR checkpoints a callable object's __dict__ and
+        # restores it on resume, which kept the first launch's lr_drops after a resume with
+        # new ones (issue 6, RESULTS). The schedule is a pure function of the config and step.
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step))
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

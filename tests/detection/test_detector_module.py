@@ -49,6 +49,28 @@ def test_step_drop_schedule() -> None:
     assert schedule(25) == pytest.approx(0.01)
 
 
+def test_lr_schedule_follows_the_config_after_resume(make_detector, tiny_text_encoder) -> None:
+    """A resumed run takes its lr_drops from its own config, not from the checkpoint (LambdaLR
+    restores a callable object's attributes, which once kept the first launch's drops)."""
+    from functools import partial
+
+    from lightning_modules.components.detection.matcher import HungarianMatcher
+    from lightning_modules.components.losses.set_criterion import SetCriterion
+    from lightning_modules.grounding_detector_module import GroundingDetectorLitModule
+
+    def scheduler(drops: list[int]):
+        module = GroundingDetectorLitModule(
+            make_detector(), tiny_text_encoder, SetCriterion(HungarianMatcher()),
+            partial(torch.optim.AdamW, lr=1e-4), lr_drops=drops, warmup_steps=0,
+        )  # fmt: skip
+        return module.configure_optimizers()["lr_scheduler"]["scheduler"]
+
+    resumed = scheduler([5])
+    resumed.load_state_dict(scheduler([3400]).state_dict())
+    assert resumed.lr_lambdas[0](4) == 1.0
+    assert resumed.lr_lambdas[0](5) == pytest.approx(0.1)
+
+
 def test_optimizer_groups_and_checkpoint_contents(make_module) -> None:
     module = make_module()
     optimizer = module.configure_optimizers()["optimizer"]

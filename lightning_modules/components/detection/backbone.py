@@ -7,7 +7,9 @@ uses the last three maps; an optional extra leading stride-4 map is for a mask h
 - ``ViTPyramidBackbone``: the project's DINOv2 ViT (``components/vit.py``) with a ViTDet simple
   feature pyramid (arXiv 2203.16527): from the stride-p patch map, ×2 transposed conv → p/2,
   identity → p, 2×2 max-pool → 2p. It loads this project's DINOv2 checkpoints.
-- ``TimmBackbone``: any timm model with ``features_only=True`` (Swin, ResNet, ConvNeXt).
+- ``TimmBackbone``: any timm model with ``features_only=True`` (Swin, ResNet, ConvNeXt); it
+  loads weights of the same timm architecture from a file (``checkpoint``), e.g. the classifier
+  of ``experiments/benchmarks/detector_backbone_pretrain.py``.
 """
 
 from collections.abc import Sequence
@@ -63,6 +65,46 @@ def load_dinov2_weights(
             f"missing {missing[:5]}, shape mismatches {shapes[:5]}"
         )
     backbone.load_state_dict({k: v for k, v in weights.items() if k in own})
+
+
+def load_timm_weights(body: nn.Module, path: str | Path, prefix: str = "") -> None:
+    """Loads the ``prefix``-ed weights of a file into a timm ``features_only`` model.
+
+    The file is a dict with a ``state_dict`` (a Lightning checkpoint or the output of
+    ``detector_backbone_pretrain.py``) or a bare state dict. Keys equal those of the timm
+    classifier of the same architecture without its head (``num_classes=0``), so a classifier's
+    weights load directly; ``prefix="detector.backbone.body."`` takes a detector checkpoint's.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the keys when no
+    key has the prefix, or weights are missing, unexpected or mis-shaped (another architecture).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"backbone checkpoint {path} not found: set model.detector.backbone.checkpoint to "
+            "the output of experiments/benchmarks/detector_backbone_pretrain.py, or null"
+        )
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state = checkpoint.get("state_dict", checkpoint)
+    weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if not weights:
+        roots = sorted({".".join(k.split(".")[:2]) for k in state})[:8]
+        raise ValueError(
+            f"{path} has no weights under the prefix {prefix!r} (key roots: {roots}); "
+            "set model.detector.backbone.checkpoint_prefix"
+        )
+    own = body.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in weights.items()
+              if k in own and v.shape != own[k].shape]  # fmt: skip
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"{path} (prefix {prefix!r}) does not fit the configured timm backbone: "
+            f"{len(missing)} missing {missing[:5]}, {len(unexpected)} unexpected "
+            f"{unexpected[:5]}, {len(shapes)} shape mismatches {shapes[:5]}"
+        )
+    body.load_state_dict(weights)
 
 
 class ViTPyramidBackbone(nn.Module):
@@ -145,6 +187,11 @@ class TimmBackbone(nn.Module):
         out_indices: the stages to return (three for the channel mapper; GD Swin-T: 1, 2, 3).
         size_divisibility: multiple the input sides are padded to (32 for most timm models).
         pretrained: timm weights (needs internet or a local cache); off by default.
+        checkpoint: a file of weights for this timm architecture (``load_timm_weights``), e.g.
+            from ``experiments/benchmarks/detector_backbone_pretrain.py``; None = no file.
+        checkpoint_prefix: the key prefix of the backbone's weights in that file.
+        frozen_bn: keep every BatchNorm in eval mode (running statistics, as detectors do with
+            a pretrained backbone; its affine weights still train).
         timm_kwargs: passed to ``timm.create_model`` (e.g. ``dynamic_img_size: true`` for Swin).
     """
 
@@ -154,6 +201,9 @@ class TimmBackbone(nn.Module):
         out_indices: Sequence[int] = (1, 2, 3),
         size_divisibility: int = 32,
         pretrained: bool = False,
+        checkpoint: str | None = None,
+        checkpoint_prefix: str = "",
+        frozen_bn: bool = False,
         **timm_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -161,9 +211,20 @@ class TimmBackbone(nn.Module):
             name, features_only=True, out_indices=tuple(out_indices), pretrained=pretrained,
             **timm_kwargs,
         )  # fmt: skip
+        if checkpoint:
+            load_timm_weights(self.body, checkpoint, checkpoint_prefix)
+        self.frozen_bn = frozen_bn
         self.out_channels = list(self.body.feature_info.channels())
         self.strides = list(self.body.feature_info.reduction())
         self.size_divisibility = size_divisibility
+
+    def train(self, mode: bool = True) -> "TimmBackbone":
+        super().train(mode)
+        if self.frozen_bn:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """images (B, 3, H, W) → maps [(B, C_i, h_i, w_i)], NCHW."""
