@@ -24,20 +24,17 @@ from torch import nn
 from lightning_modules.components.vit import DINOv2Backbone
 
 
-def load_dinov2_weights(
-    backbone: DINOv2Backbone, path: str | Path, prefix: str = "teacher.backbone."
-) -> None:
-    """Loads the ``prefix``-ed weights of a Lightning checkpoint's ``state_dict`` into
-    ``backbone``; the positional embedding is resampled when the grid size differs.
+def _prefixed_weights(path: str | Path, prefix: str, kind: str, hint: str) -> dict:
+    """The tensors under ``prefix`` in a weights file (a dict with a ``state_dict``, or a bare
+    state dict), with the prefix stripped.
 
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` when no key has the
-    prefix or when weights are missing or mis-shaped (a different ViT architecture).
+    Raises ``FileNotFoundError`` naming the file and what to set (``hint``), and ``ValueError``
+    listing the file's key roots when no key has the prefix.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"DINOv2 checkpoint {path} not found: set model.detector.backbone.checkpoint to a "
-            "checkpoint of experiments/train.py with a DINOv2 model, or null for random init"
+            f"{kind} {path} not found: set model.detector.backbone.checkpoint to {hint}"
         )
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     state = checkpoint.get("state_dict", checkpoint)
@@ -48,6 +45,22 @@ def load_dinov2_weights(
             f"{path} has no weights under the prefix {prefix!r} (key roots: {roots}); "
             "set model.detector.backbone.checkpoint_prefix"
         )
+    return weights
+
+
+def load_dinov2_weights(
+    backbone: DINOv2Backbone, path: str | Path, prefix: str = "teacher.backbone."
+) -> None:
+    """Loads the ``prefix``-ed weights of a Lightning checkpoint's ``state_dict`` into
+    ``backbone``; the positional embedding is resampled when the grid size differs.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` when no key has the
+    prefix or when weights are missing or mis-shaped (a different ViT architecture).
+    """
+    weights = _prefixed_weights(
+        path, prefix, "DINOv2 checkpoint",
+        "a checkpoint of experiments/train.py with a DINOv2 model, or null for random init",
+    )  # fmt: skip
     vit = backbone.vit
     pos = weights.get("vit.pos_embed")
     if pos is not None and pos.shape != vit.pos_embed.shape:
@@ -78,21 +91,10 @@ def load_timm_weights(body: nn.Module, path: str | Path, prefix: str = "") -> No
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the keys when no
     key has the prefix, or weights are missing, unexpected or mis-shaped (another architecture).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"backbone checkpoint {path} not found: set model.detector.backbone.checkpoint to "
-            "the output of experiments/benchmarks/detector_backbone_pretrain.py, or null"
-        )
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = checkpoint.get("state_dict", checkpoint)
-    weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    if not weights:
-        roots = sorted({".".join(k.split(".")[:2]) for k in state})[:8]
-        raise ValueError(
-            f"{path} has no weights under the prefix {prefix!r} (key roots: {roots}); "
-            "set model.detector.backbone.checkpoint_prefix"
-        )
+    weights = _prefixed_weights(
+        path, prefix, "backbone checkpoint",
+        "the output of experiments/benchmarks/detector_backbone_pretrain.py, or null",
+    )  # fmt: skip
     own = body.state_dict()
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]
