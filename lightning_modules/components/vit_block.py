@@ -18,6 +18,13 @@ def subset_size(batch: int, rate: float) -> int:
     return max(int(batch * (1.0 - rate)), 1)
 
 
+def _draw_subset(x: torch.Tensor, rate: float) -> tuple[torch.Tensor, float]:
+    """One draw for a batch x (B, ...): the kept sample indices (subset,) and their scale B/subset."""
+    b = x.shape[0]
+    keep = subset_size(b, rate)
+    return torch.randperm(b, device=x.device)[:keep], b / keep
+
+
 def subset_residual(
     x: torch.Tensor, branch: Callable[[torch.Tensor], torch.Tensor], rate: float
 ) -> torch.Tensor:
@@ -26,10 +33,8 @@ def subset_residual(
     The kept samples' residuals are scaled by B/subset, so the expectation over the draw equals
     ``x + branch(x)``; the dropped samples pass through unchanged and cost nothing.
     """
-    b = x.shape[0]
-    keep = subset_size(b, rate)
-    index = torch.randperm(b, device=x.device)[:keep]
-    return torch.index_add(x, 0, index, branch(x[index]).to(x.dtype), alpha=b / keep)
+    index, scale = _draw_subset(x, rate)
+    return torch.index_add(x, 0, index, branch(x[index]).to(x.dtype), alpha=scale)
 
 
 def subset_keep_factor(x: torch.Tensor, rate: float) -> torch.Tensor:
@@ -38,10 +43,8 @@ def subset_keep_factor(x: torch.Tensor, rate: float) -> torch.Tensor:
     Draws the same random numbers as :func:`subset_residual`, so a block evaluated row by row
     (``forward_selected``'s last block) drops the same samples as the whole block.
     """
-    b = x.shape[0]
-    keep = subset_size(b, rate)
-    index = torch.randperm(b, device=x.device)[:keep]
-    return x.new_zeros(b, 1).index_fill_(0, index, b / keep)
+    index, scale = _draw_subset(x, rate)
+    return x.new_zeros(x.shape[0], 1).index_fill_(0, index, scale)
 
 
 class DINOv2Block(Block):
