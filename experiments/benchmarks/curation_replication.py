@@ -26,9 +26,13 @@ of Fashion-MNIST *test* images, noise; queries: other Fashion-MNIST train images
    images) on the Fashion-MNIST test set, per ``--train-seeds`` seed. Every run's config is
    composed before the first run starts (saved as ``composed_config.yaml``; the commit of
    ``configs/`` is printed), so a preset edited meanwhile cannot mix into the comparison.
+   Rerunning the command resumes: curation stages that finished are skipped, and so is every
+   training run whose saved config equals the new one and whose CSV log holds its final kNN.
+   The last row: the mean of the paired gaps, their sd and 95 % t-interval.
 """
 
 import argparse
+import csv
 import os
 import subprocess
 import time
@@ -36,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
+from scipy import stats
 
 from datamodules.curated_datamodule import ManifestImageSource
 from datamodules.curation.calibration import (
@@ -150,9 +155,37 @@ def train_config(manifest: Path, out: Path, seed: int, a) -> DictConfig:
     OmegaConf.resolve(cfg)  # the model and callbacks read the preset's data keys
     with open_dict(cfg):
         cfg.data = curated_data(cfg.data, manifest)
-    out.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out / "composed_config.yaml")
     return cfg
+
+
+def finished_knn(out: Path, cfg: DictConfig) -> float | None:
+    """The final teacher kNN top-1 (k = 20) of a run already finished in ``out`` with exactly
+    ``cfg`` (its saved ``composed_config.yaml``), read from its CSV log; None when there is none.
+
+    A rerun of the benchmark skips such runs, so a killed command loses at most the run it was in.
+    """
+    saved = out / "composed_config.yaml"
+    if not saved.is_file() or OmegaConf.load(saved) != cfg:
+        return None
+    for metrics in sorted((out / "csv").glob("version_*/metrics.csv")):
+        with metrics.open() as f:
+            for row in csv.DictReader(f):
+                knn = row.get("probe/knn_top1_k20")
+                if knn and int(row["step"]) == cfg.trainer.max_steps:
+                    return float(knn)
+    return None
+
+
+def paired_summary(gaps: list[float]) -> tuple[float, float, float, float]:
+    """Mean, standard deviation (n - 1) and two-sided 95 % t-interval of paired gaps
+    (sd and interval nan for one pair)."""
+    g = np.asarray(gaps, dtype=float)
+    mean = float(g.mean())
+    if len(g) < 2:
+        return mean, float("nan"), float("nan"), float("nan")
+    sd = float(g.std(ddof=1))
+    half = float(stats.t.ppf(0.975, len(g) - 1)) * sd / np.sqrt(len(g))
+    return mean, sd, mean - half, mean + half
 
 
 def config_commit() -> str:
@@ -254,19 +287,39 @@ def main() -> None:
     configs = {(seed, name): train_config(path, a.work / f"train_{name}_seed{seed}", seed, a)
                for seed in a.train_seeds
                for name, path in (("curated", curated), ("uncurated", uncurated[seed]))}  # fmt: skip
+    done = {key: finished_knn(Path(cfg.paths.output_dir), cfg) for key, cfg in configs.items()}
+    for cfg in configs.values():
+        Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, Path(cfg.paths.output_dir) / "composed_config.yaml")
     print("training configs composed from configs/ at", config_commit())
-    rows = []
-    for seed in a.train_seeds:  # the random pool draw and the training both follow the seed
+    _table(["seed (paired)", f"curated kNN top-1 ({a.train_steps} steps, {size} images)",
+            "uncurated kNN top-1", "curated − uncurated", "CPU s (cur. / unc.)"],
+           _train_pairs(configs, done, a.train_seeds))  # fmt: skip
+
+
+def _train_pairs(
+    configs: dict[tuple[int, str], DictConfig], done: dict[tuple[int, str], float | None],
+    seeds: list[int],
+) -> list[list[str]]:  # fmt: skip
+    """Train every run not ``done`` (seed by seed, curated first); the per-seed rows and a mean
+    row with the paired gaps' sd and 95 % t-interval. Each result is printed as it comes."""
+    rows, gaps, means = [], [], {"curated": [], "uncurated": []}
+    for seed in seeds:  # the random pool draw and the training both follow the seed
         knn, cpu = [], []
         for name in ("curated", "uncurated"):
             start = time.process_time()  # this process's CPU seconds (data loading runs in it)
-            knn.append(train(configs[seed, name])["probe/knn_top1_k20"])
-            cpu.append(time.process_time() - start)
-            print(f"seed {seed} {name}: kNN {knn[-1]:.4f}, {cpu[-1]:.0f} CPU s", flush=True)
-        rows.append([str(seed), *(f"{v:.4f}" for v in knn), f"{knn[0] - knn[1]:+.4f}",
-                     " / ".join(f"{c:.0f}" for c in cpu)])  # fmt: skip
-    _table([f"seed ({a.train_steps} steps, {size} images)", "curated kNN top-1",
-            "uncurated kNN top-1", "curated − uncurated", "CPU s (cur. / unc.)"], rows)  # fmt: skip
+            previous = done[seed, name]
+            knn.append(train(configs[seed, name])["probe/knn_top1_k20"]
+                       if previous is None else previous)  # fmt: skip
+            cpu.append("reused" if previous is not None else f"{time.process_time() - start:.0f}")
+            means[name].append(knn[-1])
+            print(f"seed {seed} {name}: kNN {knn[-1]:.4f}, {cpu[-1]} CPU s", flush=True)
+        gaps.append(knn[0] - knn[1])
+        rows.append([str(seed), *(f"{v:.4f}" for v in knn), f"{gaps[-1]:+.4f}", " / ".join(cpu)])
+    mean, sd, lo, hi = paired_summary(gaps)
+    rows.append(["mean", f"{np.mean(means['curated']):.4f}", f"{np.mean(means['uncurated']):.4f}",
+                 f"{mean:+.4f} (sd {sd:.4f}; 95 % t-interval {lo:+.4f} to {hi:+.4f})", ""])  # fmt: skip
+    return rows
 
 
 def _calibration_run(a) -> Path:
