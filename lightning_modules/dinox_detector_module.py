@@ -16,6 +16,8 @@ class-agnostic AP and AR@100 of prompt-free detection (``val/agnostic_mAP``, ``_
 (``val/visual_text_mAP``).
 """
 
+import logging
+from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +52,8 @@ from lightning_modules.grounding_detector_module import (
 
 if TYPE_CHECKING:
     from datamodules.components.detection_collate import PromptBatch
+
+log = logging.getLogger(__name__)
 
 PROMPT_SOURCES = ("text", "universal", "visual")
 #: Detector modules a Grounding-DINO checkpoint may lack (``init_from_checkpoint``).
@@ -118,6 +122,12 @@ class DINOXDetectorLitModule(GroundingDetectorLitModule):
                 f"{path} does not fit this detector: missing {missing[:5]}, "
                 f"unexpected {incompatible.unexpected_keys[:5]}"
             )
+        new = new_modules(incompatible.missing_keys)
+        if new:
+            log.warning("initialised the detector from %s; not in it, so freshly initialised: %s",
+                        path, ", ".join(f"{m} ({n} tensors)" for m, n in new.items()))  # fmt: skip
+        else:
+            log.info("initialised the detector from %s (every module found)", path)
 
     # ---- freezing -----------------------------------------------------------------------------
     def train(self, mode: bool = True) -> "DINOXDetectorLitModule":
@@ -358,3 +368,9 @@ class DINOXDetectorLitModule(GroundingDetectorLitModule):
             if kind == "agnostic":
                 self.log(f"{prefix}/agnostic_mAR_100", result["mar_100"].float())
             metric.reset()
+
+
+def new_modules(missing_keys: Sequence[str]) -> dict[str, int]:
+    """Detector state keys absent from an init checkpoint → {module path: tensor count}, the
+    module path being the key's first two components (e.g. ``mask_head.pixel``)."""
+    return dict(Counter(".".join(k.split(".")[:2]) for k in missing_keys))
