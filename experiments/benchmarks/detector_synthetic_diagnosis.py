@@ -173,6 +173,20 @@ def text_path(module, loader) -> tuple[dict[str, tuple[float, float]], dict]:
     return mean, {key: (sum(v) / len(v), len(v)) for key, v in probs.items()}
 
 
+def load_run(checkpoint: str, data_dir: str | None = None, stage: str = "validate") -> tuple:
+    """A training checkpoint → (checkpoint dict, LitModule in eval mode, its run's datamodule
+    set up for ``stage``; ``data_dir`` overrides the run's item root)."""
+    ckpt = load_checkpoint(checkpoint)
+    module = load_model(checkpoint)
+    data_cfg = OmegaConf.create(ckpt["run_config"]).data
+    if data_dir:
+        data_cfg.data_dir = data_dir
+    datamodule = instantiate(data_cfg)
+    datamodule.prepare_data()
+    datamodule.setup(stage)
+    return ckpt, module, datamodule
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint")
@@ -182,14 +196,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=os.environ.get("DATA_DIR"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    ckpt = load_checkpoint(args.checkpoint)
-    module = load_model(args.checkpoint)
-    data_cfg = OmegaConf.create(ckpt["run_config"]).data
-    if args.data_dir:
-        data_cfg.data_dir = args.data_dir
-    datamodule = instantiate(data_cfg)
-    datamodule.prepare_data()
-    datamodule.setup("validate")
+    ckpt, module, datamodule = load_run(args.checkpoint, args.data_dir)
     loader = datamodule.val_dataloader()[datamodule.val_names.index("val_seen")]
     print(f"\ncheckpoint {args.checkpoint} (step {ckpt.get('global_step', '?')}), val_seen, "
           f"{len(loader.dataset)} images")  # fmt: skip
