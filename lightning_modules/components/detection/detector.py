@@ -16,7 +16,11 @@ import torch
 from torch import nn
 
 from lightning_modules.components.detection.denoising import ContrastiveDenoising
-from lightning_modules.components.detection.heads import PRIOR_BIAS, ContrastiveHead
+from lightning_modules.components.detection.heads import (
+    PRIOR_BIAS,
+    ContrastiveHead,
+    centre_text,
+)
 from lightning_modules.components.detection.keypoint_head import KeypointHead
 from lightning_modules.components.detection.mask_head import MaskHead
 from lightning_modules.components.detection.neck import ChannelMapper
@@ -68,7 +72,10 @@ class GroundingDetector(nn.Module):
         d_model, n_heads: transformer width and MSDA/decoder heads.
         layers: {encoder, decoder} layer counts. ffn: {image, text} FFN widths (decoder = image).
         fusion: {width, heads, layer_scale_init, drop_path}. text_heads: text self-attn heads.
-        queries: {num, levels, points}. class_head: {log_scale_init, bias_init, per_layer}.
+        queries: {num, levels, points}. class_head: {log_scale_init, bias_init, per_layer,
+            center_text}; center_text: the class heads (encoder and decoder) score queries
+            against the text tokens minus their caption mean, at the same mean norm
+            (``centre_text``); the decoder's text cross-attention and DN see the raw tokens.
         dn: {number, box_noise, label_noise, labelbook, content} or None (no denoising).
         dropout: transformer dropout. grad_checkpoint: recompute encoder layers in backward.
         DINO-X extensions (spec §12), each None = off: universal_prompt ``UniversalPrompt``
@@ -105,8 +112,10 @@ class GroundingDetector(nn.Module):
         )
         queries = _cfg(queries, {"num": 900, "levels": 4, "points": 4})
         head = _cfg(
-            class_head, {"log_scale_init": 0.0, "bias_init": PRIOR_BIAS, "per_layer": False}
-        )
+            class_head,
+            {"log_scale_init": 0.0, "bias_init": PRIOR_BIAS, "per_layer": False,
+             "center_text": False},
+        )  # fmt: skip
         self.backbone = backbone
         self.neck = ChannelMapper(backbone.out_channels[-3:], d_model, queries["levels"])
         self.feat_map = nn.Linear(text_dim, d_model)
@@ -133,6 +142,10 @@ class GroundingDetector(nn.Module):
         if dn is not None and dn.get("number", 0) > 0:
             self.dn = ContrastiveDenoising(d_model, **dict(dn))
         self.d_model, self.text_dim, self.num_queries = d_model, text_dim, queries["num"]
+        self.center_text = bool(head["center_text"])
+        if self.center_text and universal_prompt is not None:
+            raise ValueError("class_head.center_text needs several text tokens per prompt; "
+                             "the universal and visual prompts have one per category")  # fmt: skip
         self._build_extensions(universal_prompt, visual_prompt, mask_head, keypoint_head,
                                n_heads, queries)  # fmt: skip
 
@@ -191,6 +204,10 @@ class GroundingDetector(nn.Module):
     def _class_head(self, layer: int) -> ContrastiveHead:
         return self.class_heads[layer if len(self.class_heads) > 1 else 0]
 
+    def head_text(self, memory_text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The text tokens (B, T, d) the class heads score against (centred if configured)."""
+        return centre_text(memory_text, mask) if self.center_text else memory_text
+
     def forward_features(
         self, feats: ImageFeatures, text: TextMemory, dn: DNRequest | None = None
     ) -> DetectorOutput:
@@ -235,7 +252,8 @@ class GroundingDetector(nn.Module):
                mask: torch.Tensor, dn: DNRequest | None = None) -> DetectorOutput:  # fmt: skip
         """Query selection, decoder and heads on the encoder outputs memory (B, S, d),
         memory_text (B, T, d) with text_token_mask ``mask`` (B, T)."""
-        tgt, ref, enc = self.query_selection(memory, feats, memory_text, mask)
+        head_text = self.head_text(memory_text, mask)
+        tgt, ref, enc = self.query_selection(memory, feats, head_text, mask)
         attn_mask, meta = None, None
         if dn is not None and self.dn is not None:
             queries = self.dn(dn.boxes, dn.labels, dn.num_categories, tgt.shape[1],
@@ -247,7 +265,7 @@ class GroundingDetector(nn.Module):
         for i, (hidden, boxes) in enumerate(
             self.decoder(tgt, ref, memory, feats, memory_text, mask, attn_mask)
         ):
-            layers.append((hidden, Predictions(self._class_head(i)(hidden, memory_text), boxes)))
+            layers.append((hidden, Predictions(self._class_head(i)(hidden, head_text), boxes)))
         pad = meta.pad if meta is not None else 0
         split = [Predictions(p.logits[:, pad:], p.boxes[:, pad:]) for _, p in layers]
         dn_out = None
