@@ -16,6 +16,7 @@ from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_convert
 
+from lightning_modules.components.detection.closed_set_names import ClosedSetNames
 from lightning_modules.components.detection.detector import DNRequest, GroundingDetector
 from lightning_modules.components.detection.outputs import DetectorOutput, TextMemory
 from lightning_modules.components.detection.postprocess import ChunkPrediction, postprocess_image
@@ -59,6 +60,8 @@ class GroundingDetectorLitModule(L.LightningModule):
         num_select, nms_iou: post-processing (top 300, NMS off).
         seed: seeds the per-step randomness. val_prefixes / test_prefixes: metric names of the
             evaluation loaders in order (``val/mAP``, ``val_unseen/mAP``, ...).
+        closed_set: a ``ClosedSetNames`` control (learned name vectors replace the text
+            features of the names' tokens), or None (the open-set detector).
     """
 
     def __init__(
@@ -68,13 +71,15 @@ class GroundingDetectorLitModule(L.LightningModule):
         grad_clip: float = 0.1, num_select: int = 300, nms_iou: float | None = None, seed: int = 0,
         val_prefixes: Sequence[str] = ("val", "val_unseen"),
         test_prefixes: Sequence[str] = ("test", "test_unseen"),
+        closed_set: ClosedSetNames | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         # plain lists: checkpoints hold hyper-parameters and must load with weights_only=True
         lr_drops, val_prefixes = [int(d) for d in lr_drops], [str(p) for p in val_prefixes]
         test_prefixes = [str(p) for p in test_prefixes]
         self.save_hyperparameters(
-            logger=False, ignore=["detector", "text_encoder", "criterion", "optimizer"]
+            logger=False,
+            ignore=["detector", "text_encoder", "criterion", "optimizer", "closed_set"],
         )
         if text_encoder.hidden_size != detector.text_dim:
             raise ValueError(
@@ -82,6 +87,7 @@ class GroundingDetectorLitModule(L.LightningModule):
                 f"{detector.text_dim}: set model.detector.text_dim={text_encoder.hidden_size}"
             )
         self.detector, self.text_encoder, self.criterion = detector, text_encoder, criterion
+        self.closed_set = closed_set
         self.optimizer_factory = optimizer
         self.metrics = nn.ModuleDict({p: _map_metric() for p in [*val_prefixes, *test_prefixes]})
         if text_encoder.frozen:
@@ -92,8 +98,12 @@ class GroundingDetectorLitModule(L.LightningModule):
     def encode_prompt(self, prompt: "PromptBatch") -> TextMemory:
         """Tokenised captions → ``TextMemory`` (override for universal / visual prompts)."""
         feats = self.text_encoder(prompt.input_ids, prompt.attention_mask)
+        text = feats.feats
+        if self.closed_set is not None:
+            pmap = prompt.positive_map.to(text.device)
+            text = self.closed_set(text, pmap, prompt.names)
         return self.detector.text_memory(
-            feats.feats, feats.text_token_mask, feats.position_ids, feats.submask
+            text, feats.text_token_mask, feats.position_ids, feats.submask
         )
 
     def forward(self, images: torch.Tensor, pad_mask: torch.Tensor, prompt: "PromptBatch",
@@ -201,6 +211,8 @@ class GroundingDetectorLitModule(L.LightningModule):
         for name, p in self.detector.named_parameters():
             if p.requires_grad:
                 (backbone if name.startswith("backbone.") else rest).append(p)
+        if self.closed_set is not None:
+            rest += list(self.closed_set.parameters())
         groups = [
             {"params": rest, "lr_mult": 1.0},
             {"params": backbone, "lr_mult": hp.backbone_lr_mult},
