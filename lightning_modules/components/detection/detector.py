@@ -72,10 +72,12 @@ class GroundingDetector(nn.Module):
         d_model, n_heads: transformer width and MSDA/decoder heads.
         layers: {encoder, decoder} layer counts. ffn: {image, text} FFN widths (decoder = image).
         fusion: {width, heads, layer_scale_init, drop_path}. text_heads: text self-attn heads.
-        queries: {num, levels, points}. class_head: {log_scale_init, bias_init, per_layer,
-            center_text}; center_text: the class heads (encoder and decoder) score queries
-            against the text tokens minus their caption mean, at the same mean norm
-            (``centre_text``); the decoder's text cross-attention and DN see the raw tokens.
+        queries: {num, levels, points, content}; content: "static" (learnable content queries,
+            GD) or "encoder" (the selected encoder features, ``QuerySelection``).
+        class_head: {log_scale_init, bias_init, per_layer, center_text}; center_text: the
+            class heads (encoder and decoder) score queries against the text tokens minus their
+            caption mean, at the same mean norm (``centre_text``); the decoder's text
+            cross-attention and DN see the raw tokens.
         dn: {number, box_noise, label_noise, labelbook, content} or None (no denoising).
         dropout: transformer dropout. grad_checkpoint: recompute encoder layers in backward.
         DINO-X extensions (spec §12), each None = off: universal_prompt ``UniversalPrompt``
@@ -110,7 +112,7 @@ class GroundingDetector(nn.Module):
         fusion = _cfg(
             fusion, {"width": 1024, "heads": 4, "layer_scale_init": 1e-4, "drop_path": 0.1}
         )
-        queries = _cfg(queries, {"num": 900, "levels": 4, "points": 4})
+        queries = _cfg(queries, {"num": 900, "levels": 4, "points": 4, "content": "static"})
         head = _cfg(
             class_head,
             {"log_scale_init": 0.0, "bias_init": PRIOR_BIAS, "per_layer": False,
@@ -127,7 +129,7 @@ class GroundingDetector(nn.Module):
             queries["levels"], queries["points"], dropout, grad_checkpoint,
         )  # fmt: skip
         self.query_selection = QuerySelection(
-            d_model, queries["num"], head["log_scale_init"], head["bias_init"]
+            d_model, queries["num"], head["log_scale_init"], head["bias_init"], queries["content"]
         )
         self.decoder = CrossModalityDecoder(
             layers["decoder"], d_model, n_heads, ffn["image"], queries["levels"],

@@ -2,7 +2,9 @@
 
 Every encoder token proposes an anchor (its pixel centre, side 0.05·2^level); the tokens whose
 best text-token similarity is highest supply the top-K anchors (language-guided selection).
-Content queries are the static learnable ``tgt_embed`` (mixed query selection, DINO).
+Content queries are the static learnable ``tgt_embed`` (mixed query selection, DINO; GD), or with
+``content="encoder"`` the selected tokens' projected encoder features, detached (DINO's
+"standard" two-stage variant; an issue-6 screen: the static queries lose colour, RESULTS).
 """
 
 import torch
@@ -48,6 +50,7 @@ class QuerySelection(nn.Module):
     Args:
         dim: d. num_queries: K (900 in GD-T).
         log_scale_init, bias_init: the encoder class head's own (s, β) (decision P5).
+        content: "static" (learnable ``tgt_embed``) or "encoder" (selected features, detached).
     """
 
     def __init__(
@@ -56,9 +59,12 @@ class QuerySelection(nn.Module):
         num_queries: int = 900,
         log_scale_init: float = 0.0,
         bias_init: float = PRIOR_BIAS,
+        content: str = "static",
     ) -> None:
         super().__init__()
-        self.num_queries = num_queries
+        if content not in ("static", "encoder"):
+            raise ValueError(f"query content must be 'static' or 'encoder', got {content!r}")
+        self.num_queries, self.content = num_queries, content
         self.enc_output = nn.Linear(dim, dim)
         self.enc_norm = nn.LayerNorm(dim)
         self.class_head = ContrastiveHead(dim, log_scale_init, bias_init)
@@ -84,5 +90,8 @@ class QuerySelection(nn.Module):
         selected = out_mem.gather(1, top.expand(-1, -1, out_mem.shape[-1]))
         boxes_unsig = self.bbox_head(selected) + anchors.gather(1, top.expand(-1, -1, 4))
         enc_logits = logits.gather(1, top.expand(-1, -1, logits.shape[-1]))
-        tgt = self.tgt_embed.weight[:k][None].expand(memory.shape[0], -1, -1)
+        if self.content == "encoder":
+            tgt = selected.detach()
+        else:
+            tgt = self.tgt_embed.weight[:k][None].expand(memory.shape[0], -1, -1)
         return tgt, boxes_unsig.detach(), Predictions(enc_logits, boxes_unsig.sigmoid())
