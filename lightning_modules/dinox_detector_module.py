@@ -2,9 +2,10 @@
 (spec §12, decision P9).
 
 Training: the prompt source of a step is ``train_prompts[global_step % len]`` (text, universal,
-visual), so mixed schedules stay pure functions of the step. ``trainable`` (prompt-tuning: only
-the universal prompt) or ``frozen`` (stage 2: the backbone) freeze detector modules: no
-gradients, and eval mode (drop-path off) even while training.
+visual), so mixed schedules stay pure functions of the step. The base module's ``trainable``
+(prompt-tuning: only the universal prompt) or ``frozen`` (stage 2: the backbone) freeze detector
+modules, and its ``init_checkpoint`` may lack the extension modules (stage 1 from a
+Grounding-DINO run): they keep their initialisation, and the log names them.
 
 Validation (per loader prefix, e.g. ``val``): text box AP as the base module (``val/mAP``), and,
 when the heads run, mask AP (``val/mask_mAP``, torchmetrics ``iou_type="segm"``) and
@@ -16,8 +17,6 @@ class-agnostic AP and AR@100 of prompt-free detection (``val/agnostic_mAP``, ``_
 (``val/visual_text_mAP``).
 """
 
-import logging
-from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -40,10 +39,8 @@ from lightning_modules.components.detection.text_encoder import TextEncoder
 from lightning_modules.components.detection.visual_prompt import (
     average_by_category,
 )
-from lightning_modules.components.freezing import freeze, frozen_paths
 from lightning_modules.components.losses.dinox_criterion import DINOXCriterion
 from lightning_modules.components.losses.set_criterion import SetCriterion
-from lightning_modules.dinov2_checkpoint import read_state_dict, sub_state
 from lightning_modules.grounding_detector_module import (
     GroundingDetectorLitModule,
     OptimizerFactory,
@@ -52,8 +49,6 @@ from lightning_modules.grounding_detector_module import (
 
 if TYPE_CHECKING:
     from datamodules.components.detection_collate import PromptBatch
-
-log = logging.getLogger(__name__)
 
 PROMPT_SOURCES = ("text", "universal", "visual")
 #: Detector modules a Grounding-DINO checkpoint may lack (``init_from_checkpoint``).
@@ -67,23 +62,19 @@ class DINOXDetectorLitModule(GroundingDetectorLitModule):
     Args (beyond the base module's, passed through ``base``):
         train_prompts: prompt source per step, cycled by global step.
         eval_prompts: prompt sources evaluated besides text.
-        trainable: module paths that train (e.g. ``["detector.universal_prompt"]``); every other
-            detector module is frozen. None: all train. frozen: module paths frozen (stage 2).
         visual_exemplar_images: images per validation loader that supply visual prompts.
         mask_select: detections per image given masks (mask AP, overlays).
         keypoint_select: instances per image scored by OKS AP; keypoint_sigmas: σ_k.
-        init_checkpoint: a checkpoint whose detector weights start the run (fresh optimizer and
-            step; e.g. stage 2 from stage 1, or stage 1 from a Grounding-DINO run: the extension
-            modules it lacks keep their initialisation).
     """
+
+    OPTIONAL_INIT_MODULES = EXTENSION_MODULES
 
     def __init__(
         self, detector: GroundingDetector, text_encoder: TextEncoder, criterion: SetCriterion,
         optimizer: OptimizerFactory, train_prompts: Sequence[str] = ("text",),
-        eval_prompts: Sequence[str] = (), trainable: Sequence[str] | None = None,
-        frozen: Sequence[str] = (), visual_exemplar_images: int = 8, mask_select: int = 100,
-        keypoint_select: int = 20, keypoint_sigmas: Sequence[float] = (0.05,) * 5,
-        init_checkpoint: str | None = None, **base: Any,
+        eval_prompts: Sequence[str] = (), visual_exemplar_images: int = 8,
+        mask_select: int = 100, keypoint_select: int = 20,
+        keypoint_sigmas: Sequence[float] = (0.05,) * 5, **base: Any,
     ) -> None:  # fmt: skip
         super().__init__(detector, text_encoder, criterion, optimizer, **base)
         # plain lists: checkpoints hold hyper-parameters and must load with weights_only=True
@@ -91,8 +82,7 @@ class DINOXDetectorLitModule(GroundingDetectorLitModule):
             [str(p) for p in train_prompts],
             [str(p) for p in eval_prompts],
         )
-        trainable = None if trainable is None else [str(p) for p in trainable]
-        frozen, keypoint_sigmas = [str(p) for p in frozen], [float(s) for s in keypoint_sigmas]
+        keypoint_sigmas = [float(s) for s in keypoint_sigmas]
         base = {k: OmegaConf.to_container(v) if isinstance(v, Container) else v
                 for k, v in base.items()}  # fmt: skip
         for source in [*train_prompts, *eval_prompts]:
@@ -102,40 +92,7 @@ class DINOXDetectorLitModule(GroundingDetectorLitModule):
             logger=False, ignore=["detector", "text_encoder", "criterion", "optimizer"]
         )
         self.postprocess = DINOXPostProcess(mask_select, keypoint_select)
-        self.frozen_modules = frozen_paths(self, "detector", trainable, frozen)
-        freeze(self, self.frozen_modules)
-        self.train(self.training)  # frozen modules start in eval mode (Lightning keeps modes)
         self.extra_metrics = nn.ModuleDict()
-
-    def setup(self, stage: str) -> None:
-        if stage == "fit" and self.hparams.init_checkpoint:
-            self.init_from_checkpoint(self.hparams.init_checkpoint)
-
-    def init_from_checkpoint(self, path: str) -> None:
-        """Detector weights from ``path``; only the extension modules may be missing there
-        (a resume via ckpt_path is restored after this and wins)."""
-        saved = sub_state(read_state_dict(path), "detector.")
-        incompatible = self.detector.load_state_dict(saved, strict=False)
-        missing = [k for k in incompatible.missing_keys if not k.startswith(EXTENSION_MODULES)]
-        if missing or incompatible.unexpected_keys:
-            raise ValueError(
-                f"{path} does not fit this detector: missing {missing[:5]}, "
-                f"unexpected {incompatible.unexpected_keys[:5]}"
-            )
-        new = new_modules(incompatible.missing_keys)
-        if new:
-            log.warning("initialised the detector from %s; not in it, so freshly initialised: %s",
-                        path, ", ".join(f"{m} ({n} tensors)" for m, n in new.items()))  # fmt: skip
-        else:
-            log.info("initialised the detector from %s (every module found)", path)
-
-    # ---- freezing -----------------------------------------------------------------------------
-    def train(self, mode: bool = True) -> "DINOXDetectorLitModule":
-        """Frozen modules stay in eval mode (no drop-path or dropout) while the rest trains."""
-        super().train(mode)
-        for path in getattr(self, "frozen_modules", []):
-            self.get_submodule(path).eval()
-        return self
 
     # ---- training -----------------------------------------------------------------------------
     def _generator(self, stream: int) -> torch.Generator:
@@ -368,9 +325,3 @@ class DINOXDetectorLitModule(GroundingDetectorLitModule):
             if kind == "agnostic":
                 self.log(f"{prefix}/agnostic_mAR_100", result["mar_100"].float())
             metric.reset()
-
-
-def new_modules(missing_keys: Sequence[str]) -> dict[str, int]:
-    """Detector state keys absent from an init checkpoint → {module path: tensor count}, the
-    module path being the key's first two components (e.g. ``mask_head.pixel``)."""
-    return dict(Counter(".".join(k.split(".")[:2]) for k in missing_keys))

@@ -4,9 +4,16 @@ Thin system: encode text (frozen, cached) → ``GroundingDetector`` → ``SetCri
 random draw of a training step (DN noise, dropout, drop-path) is a pure function of
 (seed, global_step, rank), so mid-epoch resume is bit-exact. The frozen text encoder's weights
 are rebuilt from its config and never written to checkpoints.
+
+Staged training: ``init_checkpoint`` starts a run from another run's detector weights (fresh
+optimizer and step), and ``trainable`` / ``frozen`` freeze detector modules by path (e.g. the
+backbone in a second stage): no gradients, and eval mode (no drop-path, frozen BatchNorm
+statistics) even while the rest trains.
 """
 
 import contextlib
+import logging
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,10 +28,14 @@ from lightning_modules.components.detection.detector import DNRequest, Grounding
 from lightning_modules.components.detection.outputs import DetectorOutput, TextMemory
 from lightning_modules.components.detection.postprocess import ChunkPrediction, postprocess_image
 from lightning_modules.components.detection.text_encoder import TextEncoder
+from lightning_modules.components.freezing import freeze, frozen_paths
 from lightning_modules.components.losses.set_criterion import SetCriterion
+from lightning_modules.dinov2_checkpoint import read_state_dict, sub_state
 
 if TYPE_CHECKING:  # the batch type only; systems do not import datamodules at runtime
     from datamodules.components.detection_collate import PromptBatch
+
+log = logging.getLogger(__name__)
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 TEXT_PREFIX = "text_encoder."
@@ -62,7 +73,15 @@ class GroundingDetectorLitModule(L.LightningModule):
             evaluation loaders in order (``val/mAP``, ``val_unseen/mAP``, ...).
         closed_set: a ``ClosedSetNames`` control (learned name vectors replace the text
             features of the names' tokens), or None (the open-set detector).
+        trainable: module paths that train (e.g. ``["detector.universal_prompt"]``); every other
+            detector module is frozen. None: all train. frozen: module paths frozen in any case
+            (e.g. ``["detector.backbone"]``).
+        init_checkpoint: a checkpoint whose detector weights start the run (fresh optimizer and
+            step). Only the modules of ``OPTIONAL_INIT_MODULES`` may be missing there.
     """
+
+    #: Detector state-key prefixes an ``init_checkpoint`` may lack (a subclass's extra heads).
+    OPTIONAL_INIT_MODULES: tuple[str, ...] = ()
 
     def __init__(
         self, detector: GroundingDetector, text_encoder: TextEncoder, criterion: SetCriterion,
@@ -71,12 +90,14 @@ class GroundingDetectorLitModule(L.LightningModule):
         grad_clip: float = 0.1, num_select: int = 300, nms_iou: float | None = None, seed: int = 0,
         val_prefixes: Sequence[str] = ("val", "val_unseen"),
         test_prefixes: Sequence[str] = ("test", "test_unseen"),
-        closed_set: ClosedSetNames | None = None,
+        closed_set: ClosedSetNames | None = None, trainable: Sequence[str] | None = None,
+        frozen: Sequence[str] = (), init_checkpoint: str | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         # plain lists: checkpoints hold hyper-parameters and must load with weights_only=True
         lr_drops, val_prefixes = [int(d) for d in lr_drops], [str(p) for p in val_prefixes]
-        test_prefixes = [str(p) for p in test_prefixes]
+        test_prefixes, frozen = [str(p) for p in test_prefixes], [str(p) for p in frozen]
+        trainable = None if trainable is None else [str(p) for p in trainable]
         self.save_hyperparameters(
             logger=False,
             ignore=["detector", "text_encoder", "criterion", "optimizer", "closed_set"],
@@ -93,6 +114,39 @@ class GroundingDetectorLitModule(L.LightningModule):
         if text_encoder.frozen:
             self.register_state_dict_post_hook(_drop_text_encoder)
             self.register_load_state_dict_post_hook(_ignore_missing_text_encoder)
+        self.frozen_modules = frozen_paths(self, "detector", trainable, frozen)
+        freeze(self, self.frozen_modules)
+        self.train(self.training)  # frozen modules start in eval mode (Lightning keeps modes)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.init_checkpoint:
+            self.init_from_checkpoint(self.hparams.init_checkpoint)
+
+    def init_from_checkpoint(self, path: str) -> None:
+        """Detector weights from ``path``; only ``OPTIONAL_INIT_MODULES`` may be missing there
+        (a resume via ckpt_path is restored after this and wins)."""
+        saved = sub_state(read_state_dict(path), "detector.")
+        incompatible = self.detector.load_state_dict(saved, strict=False)
+        optional = self.OPTIONAL_INIT_MODULES  # str.startswith(()) is False: nothing optional
+        missing = [k for k in incompatible.missing_keys if not k.startswith(optional)]
+        if missing or incompatible.unexpected_keys:
+            raise ValueError(
+                f"{path} does not fit this detector: missing {missing[:5]}, "
+                f"unexpected {incompatible.unexpected_keys[:5]}"
+            )
+        new = new_modules(incompatible.missing_keys)
+        if new:
+            log.warning("initialised the detector from %s; not in it, so freshly initialised: %s",
+                        path, ", ".join(f"{m} ({n} tensors)" for m, n in new.items()))  # fmt: skip
+        else:
+            log.info("initialised the detector from %s (every module found)", path)
+
+    def train(self, mode: bool = True) -> "GroundingDetectorLitModule":
+        """Frozen modules stay in eval mode (no drop-path or dropout) while the rest trains."""
+        super().train(mode)
+        for path in getattr(self, "frozen_modules", []):
+            self.get_submodule(path).eval()
+        return self
 
     # ---- forward ----------------------------------------------------------------------------
     def encode_prompt(self, prompt: "PromptBatch") -> TextMemory:
@@ -261,3 +315,9 @@ def _ignore_missing_text_encoder(module: nn.Module, incompatible_keys: Any) -> N
     """Load post-hook: the text encoder's weights are not expected in a checkpoint."""
     missing = incompatible_keys.missing_keys
     missing[:] = [k for k in missing if not k.startswith(TEXT_PREFIX)]
+
+
+def new_modules(missing_keys: Sequence[str]) -> dict[str, int]:
+    """Detector state keys absent from an init checkpoint → {module path: tensor count}, the
+    module path being the key's first two components (e.g. ``mask_head.pixel``)."""
+    return dict(Counter(".".join(k.split(".")[:2]) for k in missing_keys))

@@ -9,7 +9,8 @@ from helpers import compose_config
 from hydra.utils import instantiate
 
 from experiments.benchmarks.dinox_synthetic import held_out_overrides
-from lightning_modules.dinox_detector_module import EXTENSION_MODULES, new_modules
+from lightning_modules.dinox_detector_module import EXTENSION_MODULES
+from lightning_modules.grounding_detector_module import new_modules
 
 MICRO_DINOX = [
     "experiment=gdino_dinox_tiny_synthetic", "model.criterion.mask.num_points=64",
@@ -36,7 +37,7 @@ def test_init_from_a_text_checkpoint_names_the_new_modules(
     torch.save({"state_dict": text_only}, path)
     torch.manual_seed(1)
     target = instantiate(cfg.model)
-    with caplog.at_level(logging.INFO, logger="lightning_modules.dinox_detector_module"):
+    with caplog.at_level(logging.INFO, logger="lightning_modules.grounding_detector_module"):
         target.init_from_checkpoint(str(path))
     message = caplog.text
     assert "freshly initialised" in message
