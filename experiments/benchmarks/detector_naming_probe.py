@@ -169,22 +169,23 @@ def batches(collate, samples, names: list[str], ids: list[int], batch_size: int 
         yield collate(items), gt
 
 
+def name_part(name: str, part: str) -> str:
+    """The ``part`` of a name: for "red seven", "red" (colour), "seven" (object) or all (name)."""
+    return name if part == "name" else name.split(" ", 1)[part == "object"]
+
+
+def part_accuracy(predicted: list[str], true: list[str], part: str) -> float:
+    """How often a predicted name is right in ``part`` (colour, object, name)."""
+    return float(np.mean([name_part(p, part) == name_part(n, part)
+                          for p, n in zip(predicted, true, strict=True)]))  # fmt: skip
+
+
 def probe(train: Collected, test: Collected, stage: str, part: str) -> float:
     """Accuracy on ``test`` of a logistic-regression probe of ``part`` (colour, object, name)."""
-    label = {"colour": lambda n: n.split(" ", 1)[0], "object": lambda n: n.split(" ", 1)[1],
-             "name": lambda n: n}[part]  # fmt: skip
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=3000))
-    clf.fit(np.stack(train.feats[stage]), [label(n) for n in train.names])
+    clf.fit(np.stack(train.feats[stage]), [name_part(n, part) for n in train.names])
     pred = clf.predict(np.stack(test.feats[stage]))
-    return float(np.mean([p == label(n) for p, n in zip(pred, test.names, strict=True)]))
-
-
-def head_accuracy(c: Collected, part: str) -> float:
-    """How often the detector's top name at the best query is right in ``part``."""
-    i = {"colour": 0, "object": 1}.get(part)
-    ok = [p == n if i is None else p.split(" ", 1)[i] == n.split(" ", 1)[i]
-          for p, n in zip(c.predicted, c.names, strict=True)]  # fmt: skip
-    return float(np.mean(ok))
+    return float(np.mean([p == name_part(n, part) for p, n in zip(pred, test.names, strict=True)]))
 
 
 def name_vectors(c: Collected, stage: str, names: list[str]) -> torch.Tensor:
@@ -202,11 +203,9 @@ def text_table(c: Collected, names: list[str]) -> list[tuple[str, float, float, 
         nearest = cos.fill_diagonal_(-2).max(1).values.mean()
         s = torch.linalg.svdvals(t - t.mean(0))
         rank = s.pow(2).sum() ** 2 / s.pow(4).sum()
-        top = (t @ t.T).argmax(1).tolist()
-        acc = [np.mean([names[j].split(" ", 1)[p] == names[i].split(" ", 1)[p]
-                        for i, j in enumerate(top)]) for p in (0, 1)]  # fmt: skip
-        name_acc = np.mean([j == i for i, j in enumerate(top)])
-        rows.append((stage, float(nearest), float(rank), float(name_acc), *map(float, acc)))
+        top = [names[j] for j in (t @ t.T).argmax(1).tolist()]
+        acc = [part_accuracy(top, names, part) for part in ("name", "colour", "object")]
+        rows.append((stage, float(nearest), float(rank), *acc))
     return rows
 
 
@@ -227,11 +226,7 @@ def text_bound_probe(train: Collected, test: Collected, t: torch.Tensor, names: 
     h_te = torch.from_numpy(np.stack(test.feats["decoder last"]))
     top = (h_te @ a.detach().T @ t.T).argmax(1).tolist()
     pred = [names[j] for j in top]
-    return tuple(
-        float(np.mean([(p == n) if i is None else p.split(" ", 1)[i] == n.split(" ", 1)[i]
-                       for p, n in zip(pred, test.names, strict=True)]))
-        for i in (None, 0, 1)
-    )  # fmt: skip
+    return tuple(part_accuracy(pred, test.names, part) for part in ("name", "colour", "object"))
 
 
 def main() -> None:
@@ -265,8 +260,8 @@ def main() -> None:
         accs += [probe(fit, held, stage, p) for p in ("colour", "object")]
         cells = " | ".join(f"{a:.2f}" for a in accs)
         print(f"| {stage} | {len(fit.feats[stage][0])} | {cells} |")
-    own = [head_accuracy(c, p) for c in (val,) for p in ("colour", "object", "name")]
-    own += [head_accuracy(held, p) for p in ("colour", "object")]
+    own = [part_accuracy(val.predicted, val.names, p) for p in ("colour", "object", "name")]
+    own += [part_accuracy(held.predicted, held.names, p) for p in ("colour", "object")]
     print(f"| detector's top name at that query | – | {' | '.join(f'{a:.2f}' for a in own)} |")
     names = list(seen["names"])
     print("\n| text stage (140 seen names) | nearest-name cosine | effective rank | oracle query: "

@@ -28,15 +28,20 @@ from lightning_modules.components.detection.fixed_ap import FixedAP
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[2]))
 
 
+def held_out_scenes(seed: int, n_test: int) -> dict[str, int]:
+    """``data.synthetic`` settings of the held-out report: ``n_test`` images per evaluation split
+    at scene ``seed``, and one training image (the rendered folder needs the split; not read)."""
+    return {"seed": seed, "n_val": n_test, "n_train": 1}
+
+
 def held_out_datamodule(run_config: dict, seed: int, n_test: int, data_dir: str | None):
     """The run's datamodule, rendering ``n_test`` images per evaluation split at scene ``seed``."""
     data = OmegaConf.create(run_config).data
     with open_dict(data):
         if data_dir:
             data.data_dir = data_dir
-        data.synthetic.seed = seed
-        data.synthetic.n_train = 1  # the rendered folder needs a training split; unused here
-        data.synthetic.n_val = n_test
+        for key, value in held_out_scenes(seed, n_test).items():
+            data.synthetic[key] = value
     return instantiate(data)
 
 

@@ -6,8 +6,9 @@ Each checkpoint of ``experiments/train.py`` (a ``gdino_dinox_*`` run) is evaluat
 ``val_seen`` / ``val_unseen`` splits: the run's scene parameters, ``--n-test`` fresh images per
 split rendered at scene ``--seed`` (default 200 at seed 1, the held-out report of issue 6;
 training and its validation use seed 0), or with ``--own-splits`` the run's own validation
-splits. ``experiments/evaluate.py`` (``trainer.test``) logs whatever that run's model evaluates: text box AP, visual-prompt AP next to text AP on the
-same images and categories, prompt-free class-agnostic AP / AR@100, mask AP and keypoint OKS AP.
+splits. ``experiments/evaluate.py`` (``trainer.test``) logs whatever that run's model
+evaluates: text box AP, visual-prompt AP next to text AP on the same images and categories,
+prompt-free class-agnostic AP / AR@100, mask AP and keypoint OKS AP.
 Metrics a run does not evaluate show as "-".
 """
 
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
+from experiments.benchmarks.detector_synthetic_quality import held_out_scenes
 from experiments.compose import compose_run_config
 from experiments.evaluate import evaluate
 
@@ -30,10 +32,11 @@ COLUMNS = {
 
 
 def held_out_overrides(seed: int, n_test: int) -> list[str]:
-    """``experiments/evaluate.py`` data overrides for ``n_test`` images per split at scene
-    ``seed`` (one training image: the rendered folder needs the split, it is not read)."""
-    return [f"+data.synthetic.seed={seed}", f"+data.synthetic.n_val={n_test}",
-            "+data.synthetic.n_train=1"]  # fmt: skip
+    """``experiments/evaluate.py`` data overrides for the held-out report's scenes
+    (``held_out_scenes``)."""
+    return [
+        f"+data.synthetic.{key}={value}" for key, value in held_out_scenes(seed, n_test).items()
+    ]
 
 
 def rows(checkpoint: str, overrides: Sequence[str] = ()) -> list[list[str]]:
