@@ -15,6 +15,11 @@ class-agnostic AP and AR@100 of prompt-free detection (``val/agnostic_mAP``, ``_
 ``visual_exemplar_images`` images of the loader, searched on the *other* images
 (``val/visual_mAP``), next to text-prompt AP on the same images and categories
 (``val/visual_text_mAP``).
+
+Text–visual prompt alignment (T-Rex2; ``visual_text_alignment.py``): with ``align_weight`` > 0,
+visual steps add ``align_weight`` × an InfoNCE loss (``train/loss_align``) pulling each visual
+prompt vector towards its category's text embedding after the feature enhancer (the caption's
+other names are the negatives; the text side is a detached target, computed without gradient).
 """
 
 from collections.abc import Sequence
@@ -38,6 +43,11 @@ from lightning_modules.components.detection.outputs import DetectorOutput, Image
 from lightning_modules.components.detection.text_encoder import TextEncoder
 from lightning_modules.components.detection.visual_prompt import (
     average_by_category,
+)
+from lightning_modules.components.detection.visual_text_alignment import (
+    VisualTextAlignmentLoss,
+    alignment_anchors,
+    category_embeddings,
 )
 from lightning_modules.components.losses.dinox_criterion import DINOXCriterion
 from lightning_modules.components.losses.set_criterion import SetCriterion
@@ -65,6 +75,8 @@ class DINOXDetectorLitModule(GroundingDetectorLitModule):
         visual_exemplar_images: images per validation loader that supply visual prompts.
         mask_select: detections per image given masks (mask AP, overlays).
         keypoint_select: instances per image scored by OKS AP; keypoint_sigmas: σ_k.
+        align_weight: weight of the text–visual alignment loss on visual steps (0 = off).
+        align_temperature, align_centre: ``VisualTextAlignmentLoss``'s τ and centring.
     """
 
     OPTIONAL_INIT_MODULES = EXTENSION_MODULES
@@ -74,7 +86,8 @@ class DINOXDetectorLitModule(GroundingDetectorLitModule):
         optimizer: OptimizerFactory, train_prompts: Sequence[str] = ("text",),
         eval_prompts: Sequence[str] = (), visual_exemplar_images: int = 8,
         mask_select: int = 100, keypoint_select: int = 20,
-        keypoint_sigmas: Sequence[float] = (0.05,) * 5, **base: Any,
+        keypoint_sigmas: Sequence[float] = (0.05,) * 5, align_weight: float = 0.0,
+        align_temperature: float = 0.1, align_centre: bool = True, **base: Any,
     ) -> None:  # fmt: skip
         super().__init__(detector, text_encoder, criterion, optimizer, **base)
         # plain lists: checkpoints hold hyper-parameters and must load with weights_only=True
@@ -93,6 +106,11 @@ class DINOXDetectorLitModule(GroundingDetectorLitModule):
         )
         self.postprocess = DINOXPostProcess(mask_select, keypoint_select)
         self.extra_metrics = nn.ModuleDict()
+        if align_weight < 0:
+            raise ValueError(f"align_weight must be >= 0, got {align_weight}")
+        if align_weight and detector.visual_prompt is None:
+            raise ValueError("align_weight > 0 needs model.detector.visual_prompt")
+        self.alignment = VisualTextAlignmentLoss(align_temperature, align_centre)
 
     # ---- training -----------------------------------------------------------------------------
     def _generator(self, stream: int) -> torch.Generator:
@@ -103,11 +121,17 @@ class DINOXDetectorLitModule(GroundingDetectorLitModule):
         prompt, targets = batch["prompts"][0], batch["targets"]
         with self._step_rng():
             feats = self.detector.image_features(batch["images"], batch["pad_mask"])
-            out, targets, pmap = self._prompted_forward(source, feats, prompt, targets)
+            out, step_targets, pmap, visual = self._prompted_forward(source, feats, prompt, targets)
+            align = None
+            if self.hparams.align_weight and visual is not None:
+                align = self._alignment_loss(feats, prompt, targets, *visual)
         kwargs = (
             {"generator": self._generator(2)} if isinstance(self.criterion, DINOXCriterion) else {}
         )
-        losses = self.criterion(out, targets, pmap, **kwargs)
+        losses = self.criterion(out, step_targets, pmap, **kwargs)
+        if align is not None:
+            losses["loss_align"] = align
+            losses["loss"] = losses["loss"] + self.hparams.align_weight * align
         b = len(targets)
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=b)
         self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=b)
@@ -115,11 +139,13 @@ class DINOXDetectorLitModule(GroundingDetectorLitModule):
         return losses["loss"]
 
     def _prompted_forward(self, source: str, feats: ImageFeatures, prompt: "PromptBatch",
-                          targets: list[dict[str, Any]]
-                          ) -> tuple[DetectorOutput, list[dict[str, Any]], torch.Tensor]:  # fmt: skip
+                          targets: list[dict[str, Any]]) -> tuple[
+                              DetectorOutput, list[dict[str, Any]], torch.Tensor,
+                              tuple[torch.Tensor, torch.Tensor] | None]:  # fmt: skip
         """One training forward with the step's prompt source → (output, targets with
-        ``cat_index`` into that prompt's categories, positive map (B, C, T))."""
-        b = len(targets)
+        ``cat_index`` into that prompt's categories, positive map (B, C, T), and on a visual step
+        (category ids (C_v,), visual prompt vectors (C_v, d)), else None)."""
+        b, visual = len(targets), None
         if source == "visual" and not any(len(t["boxes"]) for t in targets):
             source = "text"  # nothing to show as a prompt in this batch
         if source == "universal":  # every box is "object"
@@ -139,6 +165,7 @@ class DINOXDetectorLitModule(GroundingDetectorLitModule):
                        for i, t in enumerate(targets)]  # fmt: skip
             pmap = torch.eye(len(ids), device=self.device)[None].expand(b, -1, -1)
             n_cat = [len(ids)] * b
+            visual = (ids, vectors)
         else:
             text = self.encode_prompt(prompt)
             pmap, n_cat = prompt.positive_map, [len(x) for x in prompt.label_ids]
@@ -148,7 +175,22 @@ class DINOXDetectorLitModule(GroundingDetectorLitModule):
             out = self.detector.forward_visual(feats, vectors[None].expand(b, -1, -1), dn, memory)
         else:
             out = self.detector.forward_features(feats, text, dn)
-        return out, targets, pmap
+        return out, targets, pmap, visual
+
+    def _alignment_loss(self, feats: ImageFeatures, prompt: "PromptBatch",
+                        targets: list[dict[str, Any]], ids: torch.Tensor,
+                        vectors: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """Alignment of the step's visual vectors (C_v, d) for category ``ids`` (C_v,) with the
+        text embeddings of the step's captions (encoder output, no gradient)."""
+        with torch.no_grad():
+            memory_text = self.detector.encoder(feats, self.encode_prompt(prompt))[1]
+            text = category_embeddings(memory_text, prompt.positive_map.to(self.device))
+        label_ids = [ids_b.to(self.device) for ids_b in prompt.label_ids]
+        rows, images, target = alignment_anchors(ids, label_ids,
+                                                 [t["cat_index"] for t in targets])  # fmt: skip
+        n_cat = torch.tensor([len(x) for x in label_ids], device=self.device)
+        valid = torch.arange(text.shape[1], device=self.device)[None] < n_cat[images, None]
+        return self.alignment(vectors[rows], text[images], valid, target)
 
     # ---- inference ----------------------------------------------------------------------------
     @torch.no_grad()
