@@ -36,6 +36,7 @@ from lightning_modules.components.detection.dinox_inference import (
     PassOutput,
     group_prompts,
     pixel_targets,
+    restrict_parts,
     unique_instances,
 )
 from lightning_modules.components.detection.keypoint_ap import KeypointAP
@@ -203,6 +204,13 @@ class DINOXDetectorLitModule(GroundingDetectorLitModule):
         Prompt source: ``visual`` = (category ids (C,), prompt vectors (C, d)) if given; else the
         text ``prompts`` (chunked passes); else the universal prompt (prompt-free, label 0).
         """
+        parts = self._passes(feats, prompts, visual)
+        return self._select(parts, orig_sizes, image_sizes, num_select)
+
+    def _passes(self, feats: ImageFeatures, prompts: "list[PromptBatch] | None",
+                visual: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> list[list[PassOutput]]:  # fmt: skip
+        """The forward passes of ``detect``, per image its share of every pass."""
         n = feats.src.shape[0]
         parts: list[list[PassOutput]] = [[] for _ in range(n)]
         if visual is not None:
@@ -227,6 +235,12 @@ class DINOXDetectorLitModule(GroundingDetectorLitModule):
             zero = torch.zeros(1, dtype=torch.long, device=feats.src.device)
             for b in range(n):
                 parts[b].append(PassOutput(out, b, pmap, zero))
+        return parts
+
+    def _select(self, parts: list[list[PassOutput]], orig_sizes: Sequence[tuple[int, int]],
+                image_sizes: Sequence[tuple[int, int]],
+                num_select: int | None = None) -> list[dict[str, torch.Tensor]]:  # fmt: skip
+        """Per image the best ``num_select`` (query, category) detections of its passes."""
         k = num_select or self.hparams.num_select
         return [self.postprocess(p, tuple(orig_sizes[b]), tuple(image_sizes[b]), k,
                                  self.hparams.nms_iou) for b, p in enumerate(parts)]  # fmt: skip
@@ -257,7 +271,8 @@ class DINOXDetectorLitModule(GroundingDetectorLitModule):
         image_sizes = [m["size"] for m in batch["meta"]]
         feats = self.detector.image_features(batch["images"], batch["pad_mask"])
         gts = pixel_targets(batch["targets"], batch["meta"])
-        preds = self.detect(feats, batch["prompts"], sizes, image_sizes)
+        text_parts = self._passes(feats, batch["prompts"])
+        preds = self._select(text_parts, sizes, image_sizes)
         if prefix not in self.metrics:
             self.metrics[prefix] = _map_metric().to(self.device)
         self.metrics[prefix].update(preds, gts)
@@ -269,7 +284,7 @@ class DINOXDetectorLitModule(GroundingDetectorLitModule):
             )
         bank = getattr(self, "banks", {}).get(prefix)
         if "visual" in self.hparams.eval_prompts and bank is not None:
-            self._evaluate_visual(batch, feats, preds, gts, prefix, bank)
+            self._evaluate_visual(batch, feats, text_parts, gts, prefix, bank)
 
     def _update_heads(self, preds: list[dict[str, torch.Tensor]],
                       gts: list[dict[str, torch.Tensor]], prefix: str) -> None:  # fmt: skip
@@ -287,12 +302,13 @@ class DINOXDetectorLitModule(GroundingDetectorLitModule):
             self._extra_metric("kpt", prefix).update(picked, gts)
 
     def _evaluate_visual(self, batch: dict[str, Any], feats: ImageFeatures,
-                         text_preds: list[dict[str, torch.Tensor]],
+                         text_parts: list[list[PassOutput]],
                          gts: list[dict[str, torch.Tensor]], prefix: str,
                          bank: tuple[torch.Tensor, torch.Tensor, set]) -> None:  # fmt: skip
         """Visual-prompt AP on the images that gave no exemplar, over the prompted categories;
-        the text-prompt predictions of the same images, restricted to those categories, are
-        scored alongside (``visual_text``)."""
+        the text passes of the same images are scored alongside (``visual_text``), their top-K
+        taken over the same categories (``restrict_parts``) so that both sides rank equally many
+        candidates per category."""
         ids, vectors, used = bank
         keep = [b for b, m in enumerate(batch["meta"]) if m["image_id"] not in used]
         if not keep:
@@ -301,13 +317,18 @@ class DINOXDetectorLitModule(GroundingDetectorLitModule):
         preds = self.detect(feats.select(index), None,
                             [batch["meta"][b]["orig_size"] for b in keep],
                             [batch["meta"][b]["size"] for b in keep], visual=(ids, vectors))  # fmt: skip
-        restricted, text = [], []
+        restricted = []
         for b in keep:
-            g, p = gts[b], text_preds[b]
-            on = torch.isin(g["labels"], ids)
-            restricted.append({"boxes": g["boxes"][on], "labels": g["labels"][on]})
-            hit = torch.isin(p["labels"], ids)
-            text.append({k: p[k][hit] for k in ("boxes", "scores", "labels")})
+            on = torch.isin(gts[b]["labels"], ids)
+            restricted.append({"boxes": gts[b]["boxes"][on], "labels": gts[b]["labels"][on]})
+        text = []
+        for b in keep:  # an image whose passes hold none of the categories detects nothing
+            parts = restrict_parts(text_parts[b], ids)
+            meta = batch["meta"][b]
+            det = (self._select([parts], [meta["orig_size"]], [meta["size"]])[0] if parts
+                   else {"boxes": ids.new_zeros(0, 4).float(), "scores": ids.new_zeros(0).float(),
+                         "labels": ids.new_zeros(0)})  # fmt: skip
+            text.append({k: det[k] for k in ("boxes", "scores", "labels")})
         self._extra_metric("visual", prefix).update(
             [{k: p[k] for k in ("boxes", "scores", "labels")} for p in preds], restricted
         )

@@ -28,6 +28,20 @@ class PassOutput:
     label_ids: torch.Tensor
 
 
+def restrict_parts(parts: list[PassOutput], label_ids: torch.Tensor) -> list[PassOutput]:
+    """One image's passes with only the categories in ``label_ids`` (C',) left: each pass keeps
+    the rows of its positive map whose label is there; passes with none left are dropped.
+
+    Selecting the top-K after this restriction ranks the text prompts over the same categories
+    as a visual-prompt pass, so the two AP values compare like with like."""
+    kept = []
+    for part in parts:
+        on = torch.isin(part.label_ids, label_ids.to(part.label_ids.device))
+        if on.any():
+            kept.append(PassOutput(part.out, part.k, part.positive_map[on], part.label_ids[on]))
+    return kept
+
+
 def group_prompts(boxes: list[torch.Tensor], keys: list[torch.Tensor],
                   generator: torch.Generator | None = None
                   ) -> tuple[VisualPrompts, torch.Tensor]:  # fmt: skip
