@@ -1,12 +1,15 @@
 """Pretrains the detector's CNN backbone as a colour × object classifier (issue 6).
 
-    python experiments/benchmarks/detector_backbone_pretrain.py --steps 500 --batch 64 \
-        --out logs/bench_s4/backbone_pretrained.pt
-    python experiments/benchmarks/detector_backbone_pretrain.py --steps 600 --batch 64 \
-        --init logs/bench_s4/backbone_pretrained.pt --start-index 32000 \
-        --out logs/bench_s4/backbone_pretrained_1100.pt      # the issue-6 run's backbone
+Crop-size curriculum (the recipe since session 7; RESULTS.md, issue 6): tight crops first, where
+the item fills the frame and its shape is learned ~10× faster, then the scene-scale crops:
+
+    python experiments/benchmarks/detector_backbone_pretrain.py --steps 1500 --batch 64 --lr 2e-3 \
+        --crop-size 32 --min-scale 28 --max-scale 32 --out logs/backbone_c32.pt
+    python experiments/benchmarks/detector_backbone_pretrain.py --steps 1500 --batch 64 --lr 1e-3 \
+        --crop-size 64 --min-scale 28 --max-scale 48 --init logs/backbone_c32.pt \
+        --start-index 200000 --out logs/backbone_c32_c64.pt
     python experiments/train.py experiment=gdino_synthetic_quality_pretrained \
-        model.detector.backbone.checkpoint=logs/bench_s4/backbone_pretrained_1100.pt
+        model.detector.backbone.checkpoint=logs/backbone_c32_c64.pt
 
 Grounding DINO starts from an ImageNet-pretrained backbone; there is no ImageNet here, so the
 stand-in is a classifier pretrained on single-item crops rendered the way the synthetic scene
