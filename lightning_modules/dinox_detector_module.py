@@ -317,13 +317,11 @@ class DINOXDetectorLitModule(GroundingDetectorLitModule):
         preds = self.detect(feats.select(index), None,
                             [batch["meta"][b]["orig_size"] for b in keep],
                             [batch["meta"][b]["size"] for b in keep], visual=(ids, vectors))  # fmt: skip
-        restricted = []
+        restricted, text = [], []
         for b in keep:
             on = torch.isin(gts[b]["labels"], ids)
             restricted.append({"boxes": gts[b]["boxes"][on], "labels": gts[b]["labels"][on]})
-        text = []
-        for b in keep:  # an image whose passes hold none of the categories detects nothing
-            parts = restrict_parts(text_parts[b], ids)
+            parts = restrict_parts(text_parts[b], ids)  # none left: the image detects nothing
             meta = batch["meta"][b]
             det = (self._select([parts], [meta["orig_size"]], [meta["size"]])[0] if parts
                    else {"boxes": ids.new_zeros(0, 4).float(), "scores": ids.new_zeros(0).float(),
