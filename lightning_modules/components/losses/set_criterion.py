@@ -7,7 +7,7 @@ Terms (unweighted, each divided by the number of GT boxes, all-reduced over rank
 matching: positive DN queries own their GT; negatives have an all-zero class target and no box
 loss; normaliser num_boxes · groups). ``weight_dict`` gives every term its weight from one
 table (focal 1 / L1 5 / GIoU 2); ``loss`` = Σ weight · term. A positive ``names`` weight adds
-``loss_names*`` on the same matched queries (``name_cross_entropy``; off by default, as in GD).
+``loss_names*`` on the same matched queries (``name_cross_entropy``; GD has no such term).
 """
 
 from collections.abc import Mapping
@@ -27,7 +27,6 @@ from lightning_modules.components.losses.detection_losses import (
 from lightning_modules.components.losses.distributed import all_reduce_sum, world_size
 from lightning_modules.components.losses.fp32 import fp32_region
 
-TERMS = ("focal", "l1", "giou")
 Indices = list[tuple[torch.Tensor, torch.Tensor]]
 
 
