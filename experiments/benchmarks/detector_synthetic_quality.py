@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=200, help="images per split")
     parser.add_argument("--seed", type=int, default=1, help="scene seed of the test images")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--nms-iou", type=float, default=None,
+                        help="class-wise NMS IoU before the top-K (default: the run's, off)")  # fmt: skip
     parser.add_argument("--data-dir", default=os.environ.get("DATA_DIR"),
                         help="MNIST/Fashion-MNIST root (default: $DATA_DIR)")  # fmt: skip
     args = parser.parse_args()
@@ -59,6 +61,8 @@ def main() -> None:
     if ckpt["run_config"]["data"].get("synthetic") is None:
         raise SystemExit(f"{args.checkpoint} was not trained on the synthetic benchmark")
     module = load_model(args.checkpoint)
+    if args.nms_iou is not None:
+        module.hparams.nms_iou = args.nms_iou
     datamodule = held_out_datamodule(ckpt["run_config"], args.seed, args.n_test, args.data_dir)
     datamodule.prepare_data()
     datamodule.setup("test")
