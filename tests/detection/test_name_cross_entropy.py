@@ -21,7 +21,7 @@ def test_matches_a_per_query_loop() -> None:
             positive_map[b, c, tokens] = 1.0
     mask = torch.ones(2, 7, dtype=torch.bool)
     mask[1, 3:] = False
-    logits[1, :, 3:] = 1e4  # padded tokens: must not reach any score
+    logits[1, :, 3:] = float("inf")  # padded tokens: unmasked, 0 · inf would make scores NaN
     queries = [torch.tensor([4, 1]), torch.tensor([2])]
     classes = [torch.tensor([2, 0]), torch.tensor([1])]
     loss = name_cross_entropy(logits, positive_map, mask, queries, classes, num_boxes=3.0)
