@@ -95,19 +95,19 @@ class SetCriterion(nn.Module):
                num_boxes: torch.Tensor,
                query_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
         target = torch.zeros_like(pred.logits, dtype=torch.float32)
-        src, tgt, queries, classes = [], [], [], []
+        indices = [(q.to(target.device), g.to(target.device)) for q, g in indices]
+        src, tgt = [], []
         for b, (q, g) in enumerate(indices):
-            q, g = q.to(target.device), g.to(target.device)
             target[b, q] = gt.tokens[b][g].to(target.dtype)
             src.append(pred.boxes[b, q])
             tgt.append(gt.boxes[b][g])
-            queries.append(q)
-            classes.append(gt.classes[b].to(target.device)[g])
         focal = token_focal_loss(pred.logits, target, gt.text_mask, num_boxes, query_mask,
                                  self.alpha, self.gamma)  # fmt: skip
         l1, giou = box_losses(torch.cat(src), torch.cat(tgt), num_boxes)
         terms = {"focal": focal, "l1": l1, "giou": giou}
         if self.weights.get("names", 0.0) > 0:
+            queries = [q for q, _ in indices]
+            classes = [gt.classes[b].to(target.device)[g] for b, (_, g) in enumerate(indices)]
             terms["names"] = name_cross_entropy(pred.logits, gt.positive_map, gt.text_mask,
                                                 queries, classes, num_boxes)  # fmt: skip
         return terms
