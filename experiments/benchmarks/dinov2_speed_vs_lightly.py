@@ -12,7 +12,9 @@ step-indexed lr / wd / last-layer schedules and no per-module clipping; its side
 centering, fixed values and one global clipping norm (lightly's own choice), so it does
 slightly less work per step than ours (schedules and three clipping groups).
 
-Rows (``--variants``), all fp32:
+Rows (``--variants``), all at the precision of ``--precision`` (fp32 by default; ``bf16-mixed``
+runs every row's step, forward and backward, under the same ``torch.autocast("cpu", bfloat16)``,
+as Lightning's ``precision="bf16-mixed"`` does, with fp32 parameters and optimizer state):
 
 - ``ours``: ``DINOv2LitModule`` with its defaults (eager).
 - ``ours-fast``: ``skip_unused_tokens`` (last block only for the CLS and masked-patch tokens the
@@ -25,9 +27,15 @@ Rows (``--variants``), all fp32:
 - ``ours-fast-compiled``: ``ours-fast`` plus ``compile`` (every ViT block through ``torch.compile``).
 - ``ours-fast-subset-compiled``: ``ours-fast-subset`` plus ``compile`` (the subset drop-path
   lives in the block's ``forward``, so it is compiled with the block).
+- ``ours-fast-subset-explicit`` (``-compiled``): ``ours-fast-subset`` (compiled) with
+  ``fused_attention=False``: timm's explicit attention path (``softmax(q·kᵀ/√d)·v`` as batched
+  matmuls) instead of ``F.scaled_dot_product_attention``, whose CPU bf16 backward is slow on
+  these short sequences.
 - ``lightly``: lightly's building blocks as its DINOv2 example wires them (eager).
 - ``lightly-compiled``: the same with the generic switches any user can flip: every block of
   its (the same timm) ViT through the same ``torch.compile`` call, and AdamW ``fused=True``.
+- ``lightly-explicit``: ``lightly`` with timm's explicit attention (``fused_attn=False`` on its
+  timm ViT, the switch behind ``fused_attention=False``), eager.
 
 Two phases. First each row runs alone in a child process for its memory (the peak resident
 memory above the process's state before the first step, which for compiled rows includes
@@ -40,9 +48,9 @@ row, in a rotating order, so that all rows see the same load of this shared mach
 the median and quartiles of its interleaved wall-clock step times, the median CPU time of a
 step (user + system of the process, 1 thread; a cross-check that does not count time slices
 lost to other processes), images/s (``batch`` images, each 2 global + ``n_local`` local crops)
-by wall clock, and the achieved GFLOP/s (by wall clock) next to the fp32 matmul peak of one
-thread (wall clock too), measured in the timing process before and after the rounds (the
-better is shown). Ratios against lightly are given by median wall clock, by the median of the
+by wall clock, and the achieved GFLOP/s (by wall clock) next to the matmul peak of one thread
+in the run's precision (wall clock too), measured in the timing process before and after the
+rounds (the better is shown). Ratios against lightly are given by median wall clock, by the median of the
 per-round wall-clock ratios (paired: the rows of one round run back to back) and by median
 CPU time.
 
@@ -51,6 +59,7 @@ prints where the time goes (phases of the step, and aten operators by kind).
 
     python experiments/benchmarks/dinov2_speed_vs_lightly.py            # ~12 min on 2 busy cores
     python experiments/benchmarks/dinov2_speed_vs_lightly.py --variants ours lightly
+    python experiments/benchmarks/dinov2_speed_vs_lightly.py --precision bf16-mixed
     python experiments/benchmarks/dinov2_speed_vs_lightly.py --profile ours
 """
 
@@ -73,9 +82,11 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 Step = Callable[[int], None]
+PRECISIONS = {"fp32": torch.float32, "bf16-mixed": torch.bfloat16}
 VARIANTS = (
     "ours", "ours-fast", "ours-fast-subset", "ours-fast-compiled", "ours-fast-subset-compiled",
-    "lightly", "lightly-compiled",
+    "ours-fast-subset-explicit", "ours-fast-subset-explicit-compiled",
+    "lightly", "lightly-compiled", "lightly-explicit",
 )  # fmt: skip
 # aten operators by kind, for the profile's breakdown (self CPU time); the rest is "other"
 _MATMUL = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution",
@@ -118,6 +129,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per row")
     p.add_argument("--rounds", type=int, default=24, help="interleaved timed steps per row")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="every row's step in fp32, or under bf16 autocast (bf16-mixed)")  # fmt: skip
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     p.add_argument("--profile", choices=VARIANTS, help="profile this row instead of timing")
     p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -144,14 +157,16 @@ def make_batch(a: argparse.Namespace) -> dict[str, Tensor]:
     return collate(samples)
 
 
-def build_backbone(a: argparse.Namespace, drop_path_mode: str = "per_sample") -> nn.Module:
+def build_backbone(
+    a: argparse.Namespace, drop_path_mode: str = "per_sample", fused_attention: bool = True
+) -> nn.Module:
     from lightning_modules.components.vit import DINOv2Backbone
 
     torch.manual_seed(0)
     return DINOv2Backbone(
         img_size=a.global_size, patch_size=a.patch, embed_dim=a.embed_dim, depth=a.depth,
         num_heads=a.heads, layerscale_init=1e-5, drop_path=a.drop_path,
-        drop_path_mode=drop_path_mode,
+        drop_path_mode=drop_path_mode, fused_attention=fused_attention,
     )  # fmt: skip
 
 
@@ -161,7 +176,12 @@ def _phase(name: str) -> contextlib.AbstractContextManager:
 
 
 def ours(
-    a: argparse.Namespace, batch: dict[str, Tensor], fast: bool, compiled: bool, subset: bool
+    a: argparse.Namespace,
+    batch: dict[str, Tensor],
+    fast: bool,
+    compiled: bool,
+    subset: bool,
+    explicit: bool = False,
 ) -> Step:
     """One optimizer step of ``DINOv2LitModule`` as its hooks run it, without the Trainer."""
     from lightning_modules.components.ema import update_momentum_foreach
@@ -170,7 +190,7 @@ def ours(
 
     head = {"out_dim": a.prototypes, "hidden_dim": a.hidden, "bottleneck_dim": a.bottleneck}
     module = DINOv2LitModule(
-        build_backbone(a, "batch_subset" if subset else "per_sample"),
+        build_backbone(a, "batch_subset" if subset else "per_sample", fused_attention=not explicit),
         dino_head={**head, "nlayers": 3}, ibot={"weight": 1.0},
         koleo={"weight": 0.1}, teacher={"target_mode": "centering"}, optim={},
         batch_size=a.batch, compile=compiled, fused_optimizer=fast, skip_unused_tokens=fast,
@@ -206,13 +226,15 @@ def ours(
     return step
 
 
-def lightly_step(a: argparse.Namespace, batch: dict[str, Tensor], compiled: bool) -> Step:
+def lightly_step(
+    a: argparse.Namespace, batch: dict[str, Tensor], compiled: bool, explicit: bool = False
+) -> Step:
     """The same step written with lightly's DINOv2 building blocks (its example's structure)."""
     from lightly.loss import DINOLoss, IBOTPatchLoss, KoLeoLoss
     from lightly.models.modules import DINOv2ProjectionHead, MaskedVisionTransformerTIMM
     from lightly.models.utils import update_momentum
 
-    vit = copy.deepcopy(build_backbone(a).vit)
+    vit = copy.deepcopy(build_backbone(a, fused_attention=not explicit).vit)
     student_backbone = MaskedVisionTransformerTIMM(  # keep the shared init ("skip")
         vit=vit, weight_initialization="skip", antialias=False, pos_embed_initialization="skip"
     )
@@ -266,11 +288,22 @@ def lightly_step(a: argparse.Namespace, batch: dict[str, Tensor], compiled: bool
 def build_step(a: argparse.Namespace, variant: str) -> Step:
     batch = make_batch(a)
     if variant.startswith("lightly"):
-        return lightly_step(a, batch, compiled=variant == "lightly-compiled")
-    return ours(
-        a, batch, fast=variant != "ours", compiled=variant.endswith("compiled"),
-        subset="subset" in variant,
-    )  # fmt: skip
+        step = lightly_step(
+            a, batch, compiled=variant == "lightly-compiled", explicit="explicit" in variant
+        )
+    else:
+        step = ours(
+            a, batch, fast=variant != "ours", compiled=variant.endswith("compiled"),
+            subset="subset" in variant, explicit="explicit" in variant,
+        )  # fmt: skip
+    if a.precision == "fp32":
+        return step
+
+    def mixed_step(i: int) -> None:
+        with torch.autocast("cpu", dtype=PRECISIONS[a.precision]):
+            step(i)
+
+    return mixed_step
 
 
 def peak_rss_mib() -> float:
@@ -316,7 +349,8 @@ def run_child(a: argparse.Namespace) -> dict[str, Any]:
 def run_timing(a: argparse.Namespace) -> dict[str, Any]:
     """Every row in this process, one step per row per round in a rotating order."""
     torch.set_num_threads(a.threads)
-    peaks = [matmul_peak_gflops(a.threads)]
+    dtype = PRECISIONS[a.precision]
+    peaks = [matmul_peak_gflops(a.threads, dtype)]
     steps = {row: build_step(a, row) for row in a.variants}
     for step in steps.values():
         for i in range(1 + a.warmup):
@@ -329,7 +363,7 @@ def run_timing(a: argparse.Namespace) -> dict[str, Any]:
             wall, cpu = timed(steps[row], 1 + a.warmup + r)
             times[row].append(wall)
             cpu_times[row].append(cpu)
-    peaks.append(matmul_peak_gflops(a.threads))
+    peaks.append(matmul_peak_gflops(a.threads, dtype))
     return {"times": times, "cpu_times": cpu_times, "peak": max(peaks)}
 
 
@@ -376,10 +410,12 @@ def profile(a: argparse.Namespace) -> None:
     print(events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
 
 
-def matmul_peak_gflops(threads: int, n: int = 1024, repeats: int = 10) -> float:
-    """Best fp32 GFLOP/s of an n×n matmul on ``threads`` threads (the achievable peak)."""
+def matmul_peak_gflops(
+    threads: int, dtype: torch.dtype = torch.float32, n: int = 1024, repeats: int = 10
+) -> float:
+    """Best GFLOP/s of an n×n matmul in ``dtype`` on ``threads`` threads (the achievable peak)."""
     torch.set_num_threads(threads)
-    x, y = torch.randn(n, n), torch.randn(n, n)
+    x, y = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -392,7 +428,7 @@ def report(a: argparse.Namespace, results: dict[str, dict[str, Any]], peak: floa
     print(
         f"ViT {a.embed_dim}x{a.depth} (heads {a.heads}, patch {a.patch}), crops {a.global_size}/"
         f"{a.local_size} px x 2+{a.n_local}, batch {a.batch}, K={a.prototypes}, "
-        f"{a.threads} thread(s), {a.rounds} interleaved timed steps per row"
+        f"{a.threads} thread(s), {a.precision}, {a.rounds} interleaved timed steps per row"
     )
     print(f"{'row':<27}{'wall s':>7}{'(q1-q3)':>13}{'CPU s':>7}{'images/s':>9}"
           f"{'peak MiB':>9}{'steady MiB':>11}{'GFLOP/step':>11}{'GFLOP/s':>8}{'of peak':>8}"
@@ -405,8 +441,9 @@ def report(a: argparse.Namespace, results: dict[str, dict[str, Any]], peak: floa
         print(f"{row:<27}{t:>7.3f}{f'({q1:.2f}-{q3:.2f})':>13}{c:>7.3f}{a.batch / t:>9.2f}"
               f"{r['peak_mib']:>9.0f}{r['steady_mib']:>11.0f}{gflops:>11.2f}"
               f"{gflops / t:>8.2f}{gflops / t / peak:>8.1%}{compile_s:>10}")  # fmt: skip
-    print(f"fp32 matmul peak ({a.threads} thread(s), 1024^3): {peak:.1f} GFLOP/s")
-    for base in ("lightly", "lightly-compiled"):
+    dtype = str(PRECISIONS[a.precision]).removeprefix("torch.")
+    print(f"{dtype} matmul peak ({a.threads} thread(s), 1024^3): {peak:.1f} GFLOP/s")
+    for base in ("lightly", "lightly-compiled", "lightly-explicit"):
         if base not in results:
             continue
         for row in results:

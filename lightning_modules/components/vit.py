@@ -72,6 +72,11 @@ class DINOv2Backbone(nn.Module):
             (spec §2.2, the reference's efficient stochastic depth: each residual branch runs on
             an exact random subset of ⌊(1−d)B⌋ samples, rescaled by B/subset, so dropped
             samples cost no FLOPs). Same expectation; different random draws.
+        fused_attention: attention through ``F.scaled_dot_product_attention`` (timm's default)
+            or, when False, timm's explicit path (``softmax(q·kᵀ/√d)·v`` as batched matmuls):
+            the same math up to rounding. On CPU under bf16 autocast the explicit path's forward
+            + backward is 3-7× faster for short sequences (65 / 17 tokens), since SDPA's CPU
+            bf16 backward kernel is slow there (issue 4 in experiments/RESULTS.md).
         pretrained: load timm's DINOv2 weights (needs internet); never the default.
     """
 
@@ -90,6 +95,7 @@ class DINOv2Backbone(nn.Module):
         layerscale_init: float | None = 1e-5,
         drop_path: float = 0.0,
         drop_path_mode: DropPathMode = "per_sample",
+        fused_attention: bool = True,
         pretrained: bool = False,
     ) -> None:
         super().__init__()
@@ -133,6 +139,8 @@ class DINOv2Backbone(nn.Module):
         # iBOT mask token, zeros at init (spec §2.2); (1, D)
         self.mask_token = nn.Parameter(torch.zeros(1, self.embed_dim))
         self.set_drop_path(drop_path, drop_path_mode)
+        for block in self.vit.blocks:
+            block.attn.fused_attn = fused_attention  # timm's switch, read in every forward
         if not pretrained:
             self._reset_swiglu_init()
 
@@ -371,7 +379,11 @@ def _block_at(
     k, v = F.linear(h, w_kv, b_kv).view(b, t, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
     h_q = h.gather(1, query_pos.unsqueeze(-1).expand(-1, -1, d))  # (B, Q, D)
     q = F.linear(h_q, w_q, b_q).view(b, -1, heads, head_dim).transpose(1, 2)
-    y = F.scaled_dot_product_attention(attn.q_norm(q), attn.k_norm(k), v)  # (B, heads, Q, hd)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    if attn.fused_attn:
+        y = F.scaled_dot_product_attention(q, k, v)  # (B, heads, Q, hd)
+    else:  # timm's explicit path, as block.attn runs it
+        y = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
     y = attn.norm(y.transpose(1, 2).flatten(2)[crop, slot])  # (S, heads·hd)
     y = attn.proj_drop(attn.proj(y))
     subset_rate = getattr(block, "subset_drop_rate", 0.0) if block.training else 0.0

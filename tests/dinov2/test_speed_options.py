@@ -3,9 +3,12 @@
 ``skip_unused_tokens`` (the last block only for the tokens the losses read), ``merge_head_calls``
 (one call per head), ``fused_optimizer`` and ``compile`` (``torch.compile`` of every block) must
 change the speed only: the same losses and gradients up to float rounding, the same state-dict
-keys, and a plain (bit-identical) path when they are off.
+keys, and a plain (bit-identical) path when they are off. ``trainer.precision=bf16-mixed`` gives
+them up to bf16 rounding, with the loss math in fp32.
 """
 
+import copy
+import math
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ from datamodules.components.masking import BlockMaskGenerator
 from datamodules.components.multicrop_collate import MultiCropCollate
 from experiments.train import train
 from lightning_modules.components.vit import DINOv2Backbone
-from lightning_modules.dinov2_module import DINOv2LitModule
+from lightning_modules.dinov2_module import LOSS_TERMS, DINOv2LitModule
 
 HEAD = {"out_dim": 64, "hidden_dim": 64, "bottleneck_dim": 32, "nlayers": 3}
 BATCH, GLOBAL, LOCAL, N_LOCAL, PATCH = 4, 16, 8, 2, 4
@@ -38,12 +41,16 @@ def _batch() -> dict[str, torch.Tensor]:
 
 
 def _module(
-    separate_head: bool = False, drop_path_mode: str = "per_sample", **options: bool
+    separate_head: bool = False,
+    drop_path_mode: str = "per_sample",
+    fused_attention: bool = True,
+    **options: bool,
 ) -> DINOv2LitModule:
     torch.manual_seed(0)
     backbone = DINOv2Backbone(
         img_size=GLOBAL, patch_size=PATCH, embed_dim=32, depth=2, num_heads=2,
         layerscale_init=0.5, drop_path=0.2, drop_path_mode=drop_path_mode,
+        fused_attention=fused_attention,
     )  # fmt: skip
     return DINOv2LitModule(
         backbone, dino_head=HEAD, ibot={"separate_head": separate_head, "head": HEAD},
@@ -70,15 +77,18 @@ def _assert_close(a: tuple[dict, dict], b: tuple[dict, dict], tol: float) -> Non
 
 
 @pytest.mark.parametrize(
-    ("registers", "mode"), [(0, "per_sample"), (2, "per_sample"), (0, "batch_subset")]
-)
+    ("registers", "mode", "fused"),
+    [(0, "per_sample", True), (2, "per_sample", True), (0, "batch_subset", True),
+     (2, "batch_subset", False)],
+)  # fmt: skip
 def test_forward_selected_equals_the_selected_rows_of_the_full_forward(
-    registers: int, mode: str
+    registers: int, mode: str, fused: bool
 ) -> None:
     torch.manual_seed(0)
     backbone = DINOv2Backbone(
         img_size=GLOBAL, patch_size=PATCH, embed_dim=32, depth=3, num_heads=2,
         num_register_tokens=registers, layerscale_init=0.5, drop_path=0.3, drop_path_mode=mode,
+        fused_attention=fused,
     ).train().double()  # fmt: skip
     # float64: the batch-subset path runs smaller matmuls than the factor path, so float32
     # rounding differs by ~2e-5 relative; in float64 the paths must agree to 1e-10
@@ -117,6 +127,25 @@ def test_skip_unused_tokens_and_merged_heads_give_the_plain_losses(
     fast = _module(separate_head, mode, skip_unused_tokens=True, merge_head_calls=True)
     _assert_close(plain, _step(fast, batch), tol=1e-5)
     assert fast.state_dict().keys() == _module(separate_head).state_dict().keys()
+
+
+def test_explicit_attention_gives_the_sdpa_losses_and_never_calls_sdpa(monkeypatch) -> None:
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counted_sdpa(*args, **kwargs) -> torch.Tensor:
+        calls.append(1)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted_sdpa)
+    batch, options = _batch(), {"skip_unused_tokens": True, "merge_head_calls": True}
+    fused = _step(_module(drop_path_mode="batch_subset", **options), batch)
+    assert calls  # the default path is timm's SDPA, in the blocks and the selected last block
+    calls.clear()
+    explicit = _module(drop_path_mode="batch_subset", fused_attention=False, **options)
+    _assert_close(fused, _step(explicit, batch), tol=1e-5)
+    assert not calls
+    assert explicit.state_dict().keys() == _module().state_dict().keys()
 
 
 def test_fused_optimizer_takes_the_same_step() -> None:
@@ -189,3 +218,31 @@ def test_resume_with_every_speed_option_is_bit_exact(
     for pid, tensors in full["optimizer_states"][0]["state"].items():
         for name, tensor in tensors.items():
             assert torch.equal(tensor, again["optimizer_states"][0]["state"][pid][name])
+
+
+def test_bf16_autocast_step_matches_the_fp32_step_up_to_bf16_rounding() -> None:
+    module = _module(drop_path_mode="batch_subset", skip_unused_tokens=True, merge_head_calls=True)
+    twin = copy.deepcopy(module)
+    batch = _batch()
+    fp32_losses, fp32_grads = _step(module, batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16_losses, bf16_grads = _step(twin, batch)
+    assert fp32_grads.keys() == bf16_grads.keys()
+    for key, value in fp32_losses.items():
+        assert bf16_losses[key].dtype == torch.float32, key  # the loss math is fp32 (spec §5.4)
+        torch.testing.assert_close(bf16_losses[key], value, rtol=2e-2, atol=2e-3, msg=key)
+    # autocast did engage: bf16 matmuls (8-bit mantissa) change the loss beyond fp32 rounding
+    assert not torch.equal(bf16_losses["loss"], fp32_losses["loss"])
+    for key, grad in fp32_grads.items():
+        assert bf16_grads[key].dtype == torch.float32, key  # fp32 parameters and gradients
+        scale = float(grad.abs().max())
+        torch.testing.assert_close(bf16_grads[key], grad, rtol=0, atol=0.06 * scale + 1e-8, msg=key)
+
+
+def test_fast_dev_run_in_bf16_mixed(tiny, tmp_path: Path) -> None:
+    overrides = [*tiny, "debug=fast_dev_run", "trainer.precision=bf16-mixed",
+                 "model.skip_unused_tokens=true", "model.merge_head_calls=true"]  # fmt: skip
+    metrics = train(compose_config("train", overrides, tmp_path))
+    for term in LOSS_TERMS:
+        name = f"train/{'loss' if term == 'loss' else 'loss_' + term}"
+        assert math.isfinite(metrics[name]), name
