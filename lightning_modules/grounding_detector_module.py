@@ -290,10 +290,20 @@ class GroundingDetectorLitModule(L.LightningModule):
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
                                     gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:  # fmt: skip
-        """Clips the global grad norm at ``grad_clip`` (0.1; the trainer's value wins if set)."""
+        """Clips the global grad norm at ``grad_clip`` (0.1; the trainer's value wins if set).
+
+        Outside fp16 (no grad scaler) the norm is clipped here, as Lightning's norm clipping
+        does: its AMP plugin refuses any clipping with a fused optimizer, which only an fp16
+        scaler's internal unscaling makes necessary, so bf16-mixed could not clip otherwise.
+        """
         clip = gradient_clip_val if gradient_clip_val is not None else self.hparams.grad_clip
-        if clip:
+        if not clip:
+            return
+        if str(self.trainer.precision) == "16-mixed":
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+            return
+        params = list(self.trainer.precision_plugin.main_params(optimizer))
+        torch.nn.utils.clip_grad_norm_(params, clip)
 
 
 def _map_metric() -> MeanAveragePrecision:

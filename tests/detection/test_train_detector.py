@@ -4,6 +4,7 @@ tests 8 and 12), and experiments/detect.py on a trained checkpoint."""
 import math
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from helpers import Crash, CrashAfterStep, compose_config, with_extra_callback
@@ -22,6 +23,31 @@ def test_fast_dev_run(tmp_path: Path, micro_overrides: list[str]) -> None:
             assert math.isfinite(metrics[f"train/loss_{term}{suffix}"]), term + suffix
     for key in ("val/mAP", "val/mAP_50", "val_unseen/mAP", "val_unseen/mAP_50"):
         assert 0.0 <= metrics[key] <= 1.0, key
+
+
+class RecordGradNorm(L.Callback):
+    """The global gradient norm left after each training step (after clipping)."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+
+def test_bf16_mixed_trains_and_clips_with_the_fused_optimizer(
+    tmp_path: Path, micro_overrides: list[str], monkeypatch
+) -> None:
+    """Lightning's AMP plugin refuses to clip with a fused optimizer; bf16 needs no scaler, so the
+    module clips itself and the step's gradients end at the 0.1 norm."""
+    record = RecordGradNorm()
+    monkeypatch.setattr("experiments.train.instantiate_callbacks", with_extra_callback(record))
+    overrides = [*micro_overrides, "debug=fast_dev_run", "trainer.precision=bf16-mixed",
+                 "+model.optimizer.fused=true", "model.grad_clip=0.1"]  # fmt: skip
+    metrics = train(compose_config("train", overrides, tmp_path))
+    assert math.isfinite(metrics["train/loss"])
+    assert len(record.norms) == 1 and record.norms[0] == pytest.approx(0.1, rel=1e-3)
 
 
 def _resume_overrides(micro: list[str]) -> list[str]:
