@@ -1,6 +1,7 @@
 """CPU speed of this project's detector against HF ``GroundingDinoForObjectDetection``.
 
     python experiments/benchmarks/detector_speed_vs_hf.py --preset tiny --threads 1
+    python experiments/benchmarks/detector_speed_vs_hf.py --preset tiny --precision bf16-mixed
 
 Both models are built with identical dimensions and random weights (no download): the same timm
 ResNet-18 backbone (strides 8/16/32; HF swaps its BatchNorm for a frozen one), the same BERT
@@ -15,9 +16,12 @@ Inference = text encoder + detector forward in eval mode under ``no_grad``; trai
 forward + loss (Hungarian matching included) + backward + AdamW step. Our model and HF's run
 interleaved, one of each per round, so load changes on a shared machine hit both alike; the
 tables give medians, then per-stage forward times (module hooks) showing where time goes.
+``--precision bf16-mixed`` runs every measured call of both models under the same
+``torch.autocast("cpu", bfloat16)`` (fp32 parameters and optimizer state).
 """
 
 import argparse
+import functools
 import statistics
 import time
 from collections import defaultdict
@@ -181,12 +185,27 @@ def stage_times(
     return per_call
 
 
+def in_precision(fn: Callable[[], None], precision: str) -> Callable[[], None]:
+    """``fn`` run under bf16 autocast for ``bf16-mixed``, unchanged for ``fp32``."""
+    if precision == "fp32":
+        return fn
+
+    @functools.wraps(fn)
+    def wrapped() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fn()
+
+    return wrapped
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--precision", choices=["fp32", "bf16-mixed"], default="fp32",
+                        help="both models in fp32, or both under bf16 autocast")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -198,7 +217,7 @@ def main() -> None:
     n_ours = sum(p.numel() for p in detector.parameters())
     n_hf = sum(p.numel() for n, p in hf.named_parameters() if "text_backbone" not in n)
     print(f"preset {args.preset}: {dims}; batch {args.batch}; {args.threads} thread(s); "
-          f"caption tokens {x['input_ids'].shape[1]}")  # fmt: skip
+          f"{args.precision}; caption tokens {x['input_ids'].shape[1]}")  # fmt: skip
     print(f"parameters excl. text encoder: ours {n_ours / 1e6:.2f}M, HF {n_hf / 1e6:.2f}M")
 
     detector.eval(), hf.eval()
@@ -217,6 +236,9 @@ def main() -> None:
     def infer_ours_cached() -> None:
         ours_forward(cached, detector, x)
 
+    infer_ours, infer_hf, infer_ours_cached = (
+        in_precision(f, args.precision) for f in (infer_ours, infer_hf, infer_ours_cached)
+    )
     *inf, inf_cached = interleaved([infer_ours, infer_hf, infer_ours_cached], args.repeats)
     detector.train(), hf.train()
     hf.model.text_backbone.eval()  # frozen text encoders run in eval mode (no dropout), as ours
@@ -236,7 +258,10 @@ def main() -> None:
         loss.backward()
         opt_hf.step()
 
-    step = interleaved([train_ours, train_hf], args.repeats)
+    step = interleaved(
+        [in_precision(train_ours, args.precision), in_precision(train_hf, args.precision)],
+        args.repeats,
+    )
     print("\n| measure | ours | HF | HF / ours |\n|---|---|---|---|")
     for name, (a, b) in (("inference, ms/image", inf), ("train step, s", step)):
         scale = 1000.0 / args.batch if "ms" in name else 1.0
