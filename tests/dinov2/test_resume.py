@@ -37,11 +37,18 @@ def _last(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
 
 
-@pytest.mark.parametrize("drop_path_mode", ["per_sample", "batch_subset"])
+BF16_EXPLICIT = ["trainer.precision=bf16-mixed", "model.backbone.fused_attention=false"]
+
+
+@pytest.mark.parametrize(
+    ("drop_path_mode", "extra"),
+    [("per_sample", []), ("batch_subset", []), ("batch_subset", BF16_EXPLICIT)],
+    ids=["per_sample", "batch_subset", "batch_subset-bf16-explicit"],
+)
 def test_resume_is_bit_exact(
-    tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, drop_path_mode: str
+    tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, drop_path_mode: str, extra: list[str]
 ) -> None:
-    overrides = _overrides(tiny, drop_path_mode)
+    overrides = [*_overrides(tiny, drop_path_mode), *extra]
     train(compose_config("train", overrides, tmp_path / "full"))
 
     monkeypatch.setattr(

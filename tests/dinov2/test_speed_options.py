@@ -193,7 +193,7 @@ def test_resume_with_every_speed_option_is_bit_exact(
         "trainer.max_epochs=-1", f"callbacks.periodic_checkpoint.every_n_train_steps={n}",
         "model.backbone.drop_path=0.2", "model.ibot.separate_head=true", "model.compile=true",
         "model.skip_unused_tokens=true", "model.merge_head_calls=true",
-        "model.fused_optimizer=true",
+        "model.fused_optimizer=true", "model.backbone.fused_attention=false",
     ]  # fmt: skip
     torch._dynamo.utils.counters.clear()
     train(compose_config("train", overrides, tmp_path / "full"))
