@@ -292,9 +292,10 @@ class GroundingDetectorLitModule(L.LightningModule):
                                     gradient_clip_algorithm: str | None = None) -> None:  # fmt: skip
         """Clips the global grad norm at ``grad_clip`` (0.1; the trainer's value wins if set).
 
-        Outside fp16 (no grad scaler) the norm is clipped here, as Lightning's norm clipping
-        does: its AMP plugin refuses any clipping with a fused optimizer, which only an fp16
-        scaler's internal unscaling makes necessary, so bf16-mixed could not clip otherwise.
+        Lightning's AMP plugin refuses to clip whenever the optimizer is fused, a guard that only
+        fp16's grad scaler needs (a fused AdamW unscales internally). Without a scaler the norm is
+        clipped here, over the same parameters as Lightning's norm clipping, so bf16-mixed trains
+        with the fused AdamW.
         """
         clip = gradient_clip_val if gradient_clip_val is not None else self.hparams.grad_clip
         if not clip:
