@@ -50,14 +50,14 @@ step (user + system of the process, 1 thread; a cross-check that does not count 
 lost to other processes), images/s (``batch`` images, each 2 global + ``n_local`` local crops)
 by wall clock, and the achieved GFLOP/s (by wall clock) next to the matmul peak of one thread
 in the run's precision (wall clock too), measured in the timing process before and after the
-rounds (the better is shown). Ratios against lightly are given by median wall clock, by the median of the
-per-round wall-clock ratios (paired: the rows of one round run back to back) and by median
-CPU time.
+rounds (the better is shown). Ratios against lightly are given by median wall clock, by the
+median of the per-round wall-clock ratios (paired: the rows of one round run back to back) and
+by median CPU time.
 
 ``--profile VARIANT`` instead profiles a few steps of one row with ``torch.profiler`` and
 prints where the time goes (phases of the step, and aten operators by kind).
 
-    python experiments/benchmarks/dinov2_speed_vs_lightly.py            # ~12 min on 2 busy cores
+    python experiments/benchmarks/dinov2_speed_vs_lightly.py            # ~8-10 min on a quiet core
     python experiments/benchmarks/dinov2_speed_vs_lightly.py --variants ours lightly
     python experiments/benchmarks/dinov2_speed_vs_lightly.py --precision bf16-mixed
     python experiments/benchmarks/dinov2_speed_vs_lightly.py --profile ours
@@ -130,7 +130,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=24, help="interleaved timed steps per row")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="every row's step in fp32, or under bf16 autocast (bf16-mixed)")  # fmt: skip
+                   help="every row in fp32, or under bf16 autocast (bf16-mixed)")  # fmt: skip
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     p.add_argument("--profile", choices=VARIANTS, help="profile this row instead of timing")
     p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
