@@ -2,9 +2,11 @@
 chunks, caption length (issue 6 diagnosis).
 
     python experiments/benchmarks/detector_synthetic_diagnosis.py CHECKPOINT [--chunk-tokens 28]
+    python experiments/benchmarks/detector_synthetic_diagnosis.py CHECKPOINT --seed 2 --n-test 200
 
-Runs on the run's own ``val_seen`` split (scene seed 0, the tuning split; the held-out report of
-``detector_synthetic_quality.py`` uses seed 1). Categories are "<colour> <object>". Prints:
+Runs on the run's own ``val_seen`` split (scene seed 0, the tuning split), or with ``--seed`` on
+fresh held-out scenes rendered as ``detector_synthetic_quality.py`` renders them (its report uses
+seed 1; diagnose on another seed). Categories are "<colour> <object>". Prints:
 
 - AP50 under four label granularities: full name, object only (colour errors forgiven), colour
   only (object errors forgiven), class-agnostic. A (query, prompt pass) keeps its best score per
@@ -12,7 +14,13 @@ Runs on the run's own ``val_seen`` split (scene seed 0, the tuning split; the he
 - For each GT, the highest-scoring detection with IoU ≥ 0.5 ("top detection at the GT"): correct,
   wrong colour (same object), wrong object (same colour), both wrong, or no box at IoU 0.5; and
   whether it came from another prompt chunk than the GT's category.
-- With ``--chunk-tokens`` the same metrics with shorter prompt chunks (closer to the training
+- Localisation: the share of GTs whose best box (any query, any prompt pass) reaches IoU 0.5 /
+  0.7, and the median best IoU. What the highest-scoring boxes are (class-agnostic, one box per
+  query and pass at its best score; the 2·G + 2 highest of an image with G GTs, in score order):
+  the first hit of a GT, a duplicate of a GT already hit, IoU 0.1–0.5 with a GT, or background.
+- Object identity: per object, the share of GTs whose top detection names the right object, and
+  the most frequent confusions (true → named object).
+- With ``--chunk-tokens`` the same AP50s and outcomes with shorter prompt chunks (closer to the training
   captions), to measure the caption-length shift.
 - The text path: mean cosine between the tokens of one phrase (and between the colour tokens of
   different phrases) after MiniLM, after ``feat_map`` and after the encoder, and the sigmoid
@@ -33,12 +41,14 @@ from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_convert, box_iou
 
 from datamodules.components.detection_collate import DetectionCollate
+from experiments.benchmarks.detector_synthetic_quality import held_out_datamodule
 from experiments.checkpoints import load_checkpoint
 from experiments.detect import load_model
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[2]))
 GRANULARITIES = ("name", "object", "colour", "agnostic")
 OUTCOMES = ("correct", "wrong colour", "wrong object", "both wrong", "no box at IoU 0.5")
+TOP_BOX_KINDS = ("first hit", "duplicate", "IoU 0.1-0.5", "background")
 
 
 def _merge(pred: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -68,17 +78,34 @@ def _relabel(labels: torch.Tensor, how: str, names: dict[int, tuple[str, str]]) 
 
 
 def _outcome(pred: dict[str, torch.Tensor], gt_box: torch.Tensor, gt: tuple[str, str],
-             names: dict[int, tuple[str, str]]) -> tuple[str, int]:  # fmt: skip
-    """Outcome of the top detection at a GT box, and the prompt pass it came from."""
+             names: dict[int, tuple[str, str]]) -> tuple[str, int, str | None]:  # fmt: skip
+    """Outcome of the top detection at a GT box, the prompt pass it came from and the object it
+    names (None without a box at IoU 0.5)."""
     iou = box_iou(gt_box[None], pred["boxes"])[0]
     hits = (iou >= 0.5).nonzero().flatten()
     if not len(hits):
-        return OUTCOMES[4], -1
+        return OUTCOMES[4], -1, None
     best = hits[pred["scores"][hits].argmax()]
     colour, obj = names[int(pred["labels"][best])]
     same_colour, same_object = colour == gt[0], obj == gt[1]
     kind = {(True, True): 0, (False, True): 1, (True, False): 2, (False, False): 3}
-    return OUTCOMES[kind[(same_colour, same_object)]], int(pred["part"][best])
+    return OUTCOMES[kind[(same_colour, same_object)]], int(pred["part"][best]), obj
+
+
+def _top_box_kinds(boxes: dict[str, torch.Tensor], gt_boxes: torch.Tensor) -> Counter:
+    """Kinds of the 2·G + 2 highest-scoring boxes (one per query and pass) of an image, in score
+    order: first hit of a GT (IoU ≥ 0.5), duplicate of a GT already hit, IoU 0.1–0.5, background."""
+    order = boxes["scores"].argsort(descending=True)[: 2 * len(gt_boxes) + 2]
+    iou = box_iou(gt_boxes, boxes["boxes"][order])  # (G, K)
+    kinds, hit = Counter(), set()
+    for k in range(iou.shape[1]):
+        best, gt = iou[:, k].max(0) if len(gt_boxes) else (torch.tensor(0.0), -1)
+        if best >= 0.5:
+            kinds[TOP_BOX_KINDS[1] if int(gt) in hit else TOP_BOX_KINDS[0]] += 1
+            hit.add(int(gt))
+        else:
+            kinds[TOP_BOX_KINDS[2] if best >= 0.1 else TOP_BOX_KINDS[3]] += 1
+    return kinds
 
 
 @torch.no_grad()
@@ -89,6 +116,8 @@ def diagnose(module, loader) -> dict:
     for m in maps.values():
         m.warn_on_many_detections = False
     outcomes, other_chunk, n_chunks = Counter(), 0, 0
+    best_iou: list[float] = []
+    top_boxes, per_object, object_right, confusions = Counter(), Counter(), Counter(), Counter()
     names: dict[int, tuple[str, str]] = {}
     for batch in loader:
         chunk_of: dict[int, int] = {}
@@ -108,12 +137,24 @@ def diagnose(module, loader) -> dict:
                 metric.update([_merge(pred, _relabel(pred["labels"], how, names))],
                               [{"boxes": gt_boxes,
                                 "labels": _relabel(t["category_id"], how, names)}])  # fmt: skip
+            agnostic = _merge(pred, torch.zeros_like(pred["labels"]))
+            top_boxes += _top_box_kinds(agnostic, gt_boxes)
+            best_iou += (box_iou(gt_boxes, agnostic["boxes"]).max(1).values.tolist()
+                         if len(agnostic["boxes"]) else [0.0] * len(gt_boxes))  # fmt: skip
             for box, cid in zip(gt_boxes, t["category_id"].tolist(), strict=True):
-                kind, part = _outcome(pred, box, names[cid], names)
+                kind, part, named = _outcome(pred, box, names[cid], names)
                 outcomes[kind] += 1
                 other_chunk += int(part >= 0 and part != chunk_of[cid])
+                true_object = names[cid][1]
+                per_object[true_object] += 1
+                object_right[true_object] += int(named == true_object)
+                if named is not None and named != true_object:
+                    confusions[(true_object, named)] += 1
     return {"ap50": {g: float(m.compute()["map_50"]) for g, m in maps.items()},
-            "outcomes": outcomes, "other_chunk": other_chunk, "chunks": n_chunks}  # fmt: skip
+            "outcomes": outcomes, "other_chunk": other_chunk, "chunks": n_chunks,
+            "best_iou": torch.tensor(best_iou), "top_boxes": top_boxes,
+            "per_object": per_object, "object_right": object_right,
+            "confusions": confusions}  # fmt: skip
 
 
 PHRASE_KINDS = ("own name", "same colour", "same object", "unrelated")
@@ -187,6 +228,22 @@ def load_run(checkpoint: str, data_dir: str | None = None, stage: str = "validat
     return ckpt, module, datamodule
 
 
+def print_localisation_and_objects(r: dict) -> None:
+    """The localisation, top-box and object-identity tables of one ``diagnose`` result."""
+    iou = r["best_iou"]
+    print(f"\nGTs whose best box reaches IoU 0.5 / 0.7: {(iou >= 0.5).float().mean():.3f} / "
+          f"{(iou >= 0.7).float().mean():.3f}; median best IoU {iou.median():.3f} "
+          f"({len(iou)} GTs)")  # fmt: skip
+    print("highest-scoring boxes (2·G + 2 per image): "
+          + ", ".join(f"{k} {r['top_boxes'][k]}" for k in TOP_BOX_KINDS))  # fmt: skip
+    print("\n| object | top detection names it | GTs |\n|---|---|---|")
+    right, n = r["object_right"], r["per_object"]
+    for obj in sorted(n, key=lambda o: right[o] / n[o]):
+        print(f"| {obj} | {right[obj] / n[obj]:.2f} | {n[obj]} |")
+    print("most frequent confusions (true → named): "
+          + ", ".join(f"{a} → {b} {c}" for (a, b), c in r["confusions"].most_common(10)))  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint")
@@ -194,18 +251,30 @@ def main() -> None:
                         help="also evaluate with prompt chunks of at most this many tokens")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data-dir", default=os.environ.get("DATA_DIR"))
+    parser.add_argument("--seed", type=int, default=None,
+                        help="held-out scenes of this scene seed instead of the run's val split")  # fmt: skip
+    parser.add_argument("--n-test", type=int, default=200, help="held-out images (with --seed)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    ckpt, module, datamodule = load_run(args.checkpoint, args.data_dir)
-    loader = datamodule.val_dataloader()[datamodule.val_names.index("val_seen")]
+    if args.seed is None:
+        ckpt, module, datamodule = load_run(args.checkpoint, args.data_dir)
+        loader = datamodule.val_dataloader()[datamodule.val_names.index("val_seen")]
+    else:
+        ckpt, module = load_checkpoint(args.checkpoint), load_model(args.checkpoint)
+        datamodule = held_out_datamodule(ckpt["run_config"], args.seed, args.n_test, args.data_dir)
+        datamodule.prepare_data()
+        datamodule.setup("test")
+        loader = datamodule.test_dataloader()[datamodule.val_names.index("val_seen")]
+    scenes = "the run's val split" if args.seed is None else f"held-out scene seed {args.seed}"
     print(f"\ncheckpoint {args.checkpoint} (step {ckpt.get('global_step', '?')}), val_seen, "
-          f"{len(loader.dataset)} images")  # fmt: skip
+          f"{len(loader.dataset)} images, {scenes}")  # fmt: skip
     print(
         "\n| prompt chunks | AP50 name | object only | colour only | class-agnostic | "
         + " | ".join(OUTCOMES)
         + " | top det. from another chunk |"
     )
     print("|---" * (6 + len(OUTCOMES)) + "|")
+    full: dict | None = None  # the result with the run's own prompt chunks
     for tokens in [datamodule.max_tokens, *args.chunk_tokens]:
         loader.collate_fn = DetectionCollate(datamodule.tokenizer, tokens,
                                              datamodule.size_divisibility)  # fmt: skip
@@ -215,6 +284,8 @@ def main() -> None:
         ap = " | ".join(f"{r['ap50'][g]:.3f}" for g in GRANULARITIES)
         print(f"| {r['chunks']} (≤ {tokens} tokens) | {ap} | {shares} | "
               f"{r['other_chunk'] / total:.2f} |")  # fmt: skip
+        full = full or r
+    print_localisation_and_objects(full)
     loader.collate_fn = DetectionCollate(datamodule.tokenizer, datamodule.max_tokens,
                                          datamodule.size_divisibility)  # fmt: skip
     similarity, probs = text_path(module, loader)
