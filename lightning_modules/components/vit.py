@@ -74,8 +74,8 @@ class DINOv2Backbone(nn.Module):
             samples cost no FLOPs). Same expectation; different random draws.
         fused_attention: attention through ``F.scaled_dot_product_attention`` (timm's default)
             or, when False, timm's explicit path (``softmax(q·kᵀ/√d)·v`` as batched matmuls):
-            the same math up to rounding. On CPU under bf16 autocast the explicit path's forward
-            + backward is about 5× faster for short sequences (65 / 17 tokens), since SDPA's CPU
+            the same math up to rounding. On CPU under bf16 autocast the explicit path spends
+            about 8× less time in attention on short sequences (65 / 17 tokens), since SDPA's CPU
             bf16 backward kernel is slow there (issue 4 in experiments/RESULTS.md).
         pretrained: load timm's DINOv2 weights (needs internet); never the default.
     """
