@@ -20,8 +20,8 @@ seed 1; diagnose on another seed). Categories are "<colour> <object>". Prints:
   the first hit of a GT, a duplicate of a GT already hit, IoU 0.1–0.5 with a GT, or background.
 - Object identity: per object, the share of GTs whose top detection names the right object, and
   the most frequent confusions (true → named object).
-- With ``--chunk-tokens`` the same AP50s and outcomes with shorter prompt chunks (closer to the training
-  captions), to measure the caption-length shift.
+- With ``--chunk-tokens`` the same AP50s and outcomes with shorter prompt chunks (closer to the
+  training captions), to measure the caption-length shift.
 - The text path: mean cosine between the tokens of one phrase (and between the colour tokens of
   different phrases) after MiniLM, after ``feat_map`` and after the encoder, and the sigmoid
   token probabilities of the query best overlapping each GT, by phrase kind (the GT's own name,
